@@ -1,0 +1,49 @@
+"""Run configuration: what to train, where, for how long. Algorithm hyperparameters live
+in each algorithm's own config dataclass (marl/algos/), chosen by `algo`."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    algo: str = "mappo"
+    """Algorithm name from the registry (`marl train --help` lists them)."""
+    env: str = "mpe2/simple_spread_v3"
+    """Env name: mpe2/<module>, pettingzoo.<family>/<module>, gym/<id>, lbforaging/<id>, builtin/<name>, or module.path:factory."""
+    env_kwargs: dict = field(default_factory=dict)
+    """Keyword arguments for the env factory, e.g. {'N': 3, 'max_cycles': 25}."""
+    steps: int = 200_000
+    """Training budget in env steps (one joint step of one env counts once)."""
+    seed: int = 1
+    """Seed for envs, network initialisation and action sampling."""
+    num_envs: int = 8
+    """Envs stepped together by the runner."""
+    workers: int = 0
+    """Worker processes for env stepping; 0 steps all envs in the training process."""
+    device: str = "auto"
+    """Learner device: auto (cuda when available), cpu, cuda or cuda:N."""
+    run_dir: str = ""
+    """Run directory; empty means runs/<algo>-<env>-s<seed>."""
+    overwrite: bool = False
+    """Replace a run directory that already holds a run."""
+    resume: bool = False
+    """Continue the run in run_dir from its latest checkpoint."""
+    eval_interval: int = 10_000
+    """Evaluate the greedy policy every this many env steps (0 disables)."""
+    eval_episodes: int = 32
+    """Episodes per evaluation."""
+    eval_num_envs: int = 8
+    """Envs used for evaluation."""
+    checkpoint_interval: int = 50_000
+    """Write a checkpoint every this many env steps (and always at the end)."""
+    log_interval: int = 5_000
+    """Log training metrics every this many env steps."""
+    wandb: str = "offline"
+    """Weights & Biases mode: online, offline or disabled. online falls back to offline without a key."""
+    wandb_project: str = "marl"
+    """W&B project name."""
+    wandb_entity: str = ""
+    """W&B entity (team); empty uses your default."""
+    progress: bool = True
+    """Show a progress bar on the console."""
