@@ -122,6 +122,10 @@ class Encoder:
         else:
             base[:] = True
         self.base_avail = base
+        # the env declares that state() == concatenation of the (unpadded) observations
+        self.state_from_obs = spec.has_state and bool(getattr(env, "state_is_concat_obs", False))
+        d = spec.obs_dim
+        self._valid = np.concatenate([np.arange(i * d, i * d + n) for i, n in enumerate(spec.obs_dims)])
 
     def _flat(self, i: int, value: Any) -> np.ndarray:
         space = self._obs_spaces[i]
@@ -154,6 +158,9 @@ class Encoder:
                 out_avail[i] = self.base_avail[i]
 
     def state(self, env: Any, obs: np.ndarray) -> np.ndarray:
+        """Global state for padded obs [N, D] of every agent."""
+        if self.state_from_obs:
+            return obs.reshape(-1)[self._valid]
         if self.spec.has_state:
             return np.asarray(env.state(), dtype=np.float32).ravel()
         return obs.reshape(-1)

@@ -1,0 +1,110 @@
+"""Adapters from gymnasium envs to PettingZoo ParallelEnvs.
+
+- `GymParallel`: a single-agent gymnasium env as a one-agent ParallelEnv ("agent_0").
+- `TupleParallel`: a gymnasium env with Tuple observation/action spaces (one entry per
+  agent, e.g. level-based foraging) as an N-agent ParallelEnv with a shared episode end.
+
+Both keep terminated and truncated apart and return the final step's dicts in full.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from gymnasium import spaces
+from pettingzoo import ParallelEnv
+
+
+class GymParallel(ParallelEnv):
+    """One gymnasium env seen as a ParallelEnv with the single agent "agent_0"."""
+
+    def __init__(self, env: Any):
+        self.env = env
+        self.possible_agents = ["agent_0"]
+        self.agents: list[str] = []
+        self.metadata = dict(getattr(env, "metadata", {}))
+        self.render_mode = getattr(env, "render_mode", None)
+        self._obs_space, self._act_space = env.observation_space, env.action_space
+
+    def observation_space(self, agent: str) -> spaces.Space:
+        return self._obs_space
+
+    def action_space(self, agent: str) -> spaces.Space:
+        return self._act_space
+
+    def reset(self, seed: int | None = None, options: dict | None = None):
+        obs, info = self.env.reset(seed=seed, options=options)
+        self.agents = ["agent_0"]
+        return {"agent_0": obs}, {"agent_0": info}
+
+    def step(self, actions: dict):
+        obs, reward, terminated, truncated, info = self.env.step(actions["agent_0"])
+        self.agents = [] if (terminated or truncated) else ["agent_0"]
+        return ({"agent_0": obs}, {"agent_0": float(reward)}, {"agent_0": bool(terminated)},
+                {"agent_0": bool(truncated)}, {"agent_0": info})
+
+    def render(self):
+        return self.env.render()
+
+    def close(self):
+        self.env.close()
+
+
+class TupleParallel(ParallelEnv):
+    """A gymnasium env with Tuple spaces (entry i = agent i) seen as a ParallelEnv.
+
+    Rewards are per agent (a list or array from the env, or one float shared by all);
+    terminated/truncated are shared by every agent. `split_end(env, terminated, truncated)`
+    may reclassify an episode end (e.g. a time limit the env reports as termination).
+    """
+
+    def __init__(self, env: Any, split_end: Callable[[Any, bool, bool], tuple[bool, bool]] | None = None):
+        obs_space, act_space = env.observation_space, env.action_space
+        if not (isinstance(obs_space, spaces.Tuple) and isinstance(act_space, spaces.Tuple)):
+            raise TypeError(f"TupleParallel needs Tuple spaces, got {obs_space} and {act_space}")
+        self.env, self.split_end = env, split_end
+        n = len(act_space.spaces)
+        self.possible_agents = [f"agent_{i}" for i in range(n)]
+        self.agents: list[str] = []
+        self.metadata = dict(getattr(env, "metadata", {}))
+        self.render_mode = getattr(env, "render_mode", None)
+        self._obs = dict(zip(self.possible_agents, obs_space.spaces))
+        self._act = dict(zip(self.possible_agents, act_space.spaces))
+
+    def observation_space(self, agent: str) -> spaces.Space:
+        return self._obs[agent]
+
+    def action_space(self, agent: str) -> spaces.Space:
+        return self._act[agent]
+
+    def reset(self, seed: int | None = None, options: dict | None = None):
+        obs, info = self.env.reset(seed=seed, options=options)
+        self.agents = list(self.possible_agents)
+        return dict(zip(self.agents, obs)), {a: dict(info) for a in self.agents}
+
+    def step(self, actions: dict):
+        agents = self.possible_agents
+        obs, reward, terminated, truncated, info = self.env.step(tuple(actions[a] for a in agents))
+        if self.split_end is not None and (terminated or truncated):
+            terminated, truncated = self.split_end(self.env, bool(terminated), bool(truncated))
+        if isinstance(reward, (int, float)):
+            reward = [reward] * len(agents)
+        done = bool(terminated or truncated)
+        self.agents = [] if done else list(agents)
+        return (dict(zip(agents, obs)), {a: float(r) for a, r in zip(agents, reward)},
+                dict.fromkeys(agents, bool(terminated)), dict.fromkeys(agents, bool(truncated)),
+                {a: dict(info) for a in agents})
+
+    def render(self):
+        return self.env.render()
+
+    def close(self):
+        self.env.close()
+
+
+def lbf_split_end(env: Any, terminated: bool, truncated: bool) -> tuple[bool, bool]:
+    """lbforaging ends an episode at its step limit with terminated=True; when food is left
+    on the field the end was the time limit, so report it as a truncation."""
+    base = env.unwrapped
+    if terminated and base.field.sum() > 0:
+        return False, True
+    return terminated, truncated

@@ -1,0 +1,20 @@
+"""Built-in small envs for tests and quick checks, by name (without the "builtin/" prefix)."""
+from __future__ import annotations
+
+from functools import partial
+from typing import Callable
+
+from envs.builtin.grid import Grid
+from envs.builtin.identity import Identity
+from envs.builtin.matrix import PRESETS, MatrixGame
+from envs.builtin.target import Target
+
+BUILTINS: dict[str, Callable] = {
+    "matrix": MatrixGame,
+    **{name: partial(MatrixGame, payoff=payoff) for name, payoff in PRESETS.items()},
+    "identity": Identity,
+    "grid": Grid,
+    "target": Target,
+}
+
+__all__ = ["BUILTINS", "Grid", "Identity", "MatrixGame", "Target"]

@@ -1,0 +1,78 @@
+"""Turn-based (AEC) PettingZoo envs as a ParallelEnv: one parallel step = one move.
+
+- observations hold ONLY the agent to move next (its obs kept as is, e.g. the
+  {"observation", "action_mask"} dict of classic games); empty after the game ends;
+- actions need only that agent's entry (others are ignored);
+- rewards hold every live agent's reward from that move (`env.rewards`), so the final
+  move pays both the winner and the loser;
+- terminations/truncations hold every live agent; an agent leaves `agents` on the move
+  that ends it, and when the game ends every remaining agent is ended (`agents` is empty);
+- done agents that AEC still expects a `step(None)` for are stepped internally.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from gymnasium import spaces
+from pettingzoo import AECEnv, ParallelEnv
+
+
+class TurnBasedParallel(ParallelEnv):
+    def __init__(self, aec_env: AECEnv):
+        self.aec = aec_env
+        self.possible_agents = list(aec_env.possible_agents)
+        self.agents: list[str] = []
+        self.metadata = dict(getattr(aec_env, "metadata", {}))
+        self.render_mode = getattr(aec_env, "render_mode", None)
+        state_space = getattr(aec_env, "state_space", None)
+        if state_space is not None:
+            self.state_space = state_space
+
+    def observation_space(self, agent: str) -> spaces.Space:
+        return self.aec.observation_space(agent)
+
+    def action_space(self, agent: str) -> spaces.Space:
+        return self.aec.action_space(agent)
+
+    def _skip_done(self) -> None:
+        """Step None for done agents AEC selects until a live agent is to move (or none is left)."""
+        aec = self.aec
+        while aec.agents and (aec.terminations[aec.agent_selection] or aec.truncations[aec.agent_selection]):
+            aec.step(None)
+
+    def _next_obs(self) -> dict[str, Any]:
+        actor = self.aec.agent_selection
+        return {actor: self.aec.observe(actor)} if self.agents else {}
+
+    def reset(self, seed: int | None = None, options: dict | None = None):
+        self.aec.reset(seed=seed, options=options)
+        self._skip_done()
+        aec = self.aec
+        self.agents = [a for a in aec.agents if not (aec.terminations[a] or aec.truncations[a])]
+        return self._next_obs(), {a: dict(aec.infos[a]) for a in self.agents}
+
+    def step(self, actions: dict):
+        aec, before = self.aec, self.agents
+        actor = aec.agent_selection
+        if actor not in actions:
+            raise KeyError(f"turn-based env: '{actor}' is to move but actions has only {sorted(actions)}")
+        aec.step(actions[actor])
+        rewards = {a: float(aec.rewards.get(a, 0.0)) for a in before}
+        terms = {a: bool(aec.terminations.get(a, False)) for a in before}
+        truncs = {a: bool(aec.truncations.get(a, False)) for a in before}
+        infos = {a: dict(aec.infos.get(a, {})) for a in before}
+        self._skip_done()
+        self.agents = [a for a in aec.agents if not (aec.terminations[a] or aec.truncations[a])]
+        for a in before:  # an agent that left without a flag (e.g. the game is over) ends now
+            if a not in self.agents and not (terms[a] or truncs[a]):
+                terms[a] = True
+        return self._next_obs(), rewards, terms, truncs, infos
+
+    def state(self):
+        return self.aec.state()
+
+    def render(self):
+        return self.aec.render()
+
+    def close(self):
+        self.aec.close()

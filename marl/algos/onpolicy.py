@@ -1,0 +1,267 @@
+"""On-policy actor-critic family: IA2C, IPPO (local critics), MAA2C, MAPPO (central critic).
+
+One learner; the variants are config values (`critic`, `clip`, `epochs`). The math reads
+top to bottom in `update`: values → GAE(λ) → normalised advantages → clipped surrogate,
+(clipped) value loss, entropy bonus → clipped gradient step.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from marl.algos.registry import ALGOS, AlgoEntry
+from marl.algos.returns import RunningNorm, gae, masked_mean, normalize
+from marl.core.errors import check
+from marl.core.spec import EnvSpec
+from marl.nets.dists import (
+    categorical_entropy,
+    categorical_greedy,
+    categorical_logp,
+    categorical_sample,
+    gaussian_entropy,
+    gaussian_logp,
+    gaussian_sample,
+    mask_logits,
+)
+from marl.nets.models import AgentNet, with_agent_id
+from marl.nets.sharing import resolve_groups
+
+
+@dataclass(frozen=True)
+class OnPolicyConfig:
+    critic: str = "central"
+    """Value critic input: 'local' (own observation: IA2C/IPPO) or 'central' (global state: MAA2C/MAPPO)."""
+    rollout_len: int = 100
+    """Steps collected from every env before each update."""
+    lr: float = 5e-4
+    """Adam learning rate of actor and critic."""
+    gamma: float = 0.99
+    """Discount factor."""
+    gae_lambda: float = 0.95
+    """GAE λ (1 = Monte-Carlo advantages, 0 = one-step TD)."""
+    clip: float = 0.2
+    """PPO ratio clip; 0 turns the surrogate into the plain policy gradient (A2C)."""
+    value_clip: float = 0.0
+    """Clip of the value update around the old value (0 = off)."""
+    epochs: int = 4
+    """Passes over each rollout."""
+    minibatches: int = 1
+    """Minibatches per epoch (split over env-steps; over envs when recurrent)."""
+    ent_coef: float = 0.01
+    """Entropy bonus weight."""
+    vf_coef: float = 0.5
+    """Value loss weight."""
+    max_grad_norm: float = 10.0
+    """Gradient norm clip (0 = off)."""
+    norm_adv: bool = True
+    """Normalise advantages over the batch."""
+    value_norm: bool = True
+    """Train the critic on running-normalised returns (MAPPO's value normalisation)."""
+    sharing: Any = "all"
+    """Parameter sharing: 'all', 'none' or a group id per agent such as 0,0,1."""
+    agent_id: bool = True
+    """Append a one-hot agent id to network inputs (useful when sharing)."""
+    hidden: tuple = (64, 64)
+    """Hidden layer sizes of actor and critic."""
+    activation: str = "tanh"
+    """Hidden activation: tanh or relu."""
+    recurrent: bool = False
+    """GRU after the first layer of actor and critic (trained over whole rollouts)."""
+
+    # capabilities
+    discrete = True
+    continuous = True
+    on_policy = True
+
+    @property
+    def needs_state(self) -> bool:
+        return self.critic == "central"
+
+    def validate(self, spec: EnvSpec, rollout_envs: int) -> None:
+        check(self.critic in ("local", "central"), f"critic must be 'local' or 'central', got {self.critic!r}", "pass --critic local or --critic central")
+        for name in ("lr", "rollout_len", "epochs", "minibatches"):
+            value = getattr(self, name)
+            check(value > 0, f"{name} must be positive, got {value}", f"pass a positive --{name.replace('_', '-')}")
+        check(0 <= self.gamma <= 1 and 0 <= self.gae_lambda <= 1, "gamma and gae_lambda must lie in [0, 1]", "pass values such as --gamma 0.99 --gae-lambda 0.95")
+        check(self.clip >= 0 and self.value_clip >= 0, "clip and value_clip must be >= 0", "pass --clip 0.2 (or 0 for A2C)")
+        units = rollout_envs if self.recurrent else rollout_envs * self.rollout_len
+        check(self.minibatches <= units, f"minibatches ({self.minibatches}) exceed the {units} samples in a rollout", "lower --minibatches or raise --rollout-len/--num-envs")
+
+
+class OnPolicyLearner(torch.nn.Module):
+    def __init__(self, config: OnPolicyConfig, spec: EnvSpec, device: torch.device, seed: int = 0):
+        super().__init__()
+        self.cfg, self.spec, self.device = config, spec, device
+        groups = resolve_groups(config.sharing, spec.n_agents)
+        n, extra = spec.n_agents, spec.n_agents if config.agent_id else 0
+        critic_in = spec.state_dim if config.critic == "central" else spec.obs_dim
+        kw = dict(hidden=tuple(config.hidden), groups=groups, recurrent=config.recurrent, activation=config.activation)
+        self.actor = AgentNet(spec.obs_dim + extra, spec.n_actions, out_gain=0.01, **kw)
+        self.critic = AgentNet(critic_in + extra, 1, out_gain=1.0, **kw)
+        if not spec.discrete:
+            self.log_std = torch.nn.Parameter(torch.zeros(int(groups.max()) + 1, spec.n_actions))
+            self.register_buffer("groups", groups)
+        self.value_norm = RunningNorm()
+        self.to(device)
+        self.opt = torch.optim.Adam(self.parameters(), lr=config.lr, eps=1e-5)
+        self.gen = torch.Generator(device=device)
+        self.gen.manual_seed(seed)
+        self.n = n
+
+    # -- acting -------------------------------------------------------------------------
+    def _inputs(self, obs: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.cfg.critic == "central":
+            v_in = state.unsqueeze(-2).expand(*state.shape[:-1], self.n, state.shape[-1])
+        else:
+            v_in = obs
+        if self.cfg.agent_id:
+            return with_agent_id(obs), with_agent_id(v_in)
+        return obs, v_in
+
+    def initial_hidden(self, num_envs: int):
+        if not self.cfg.recurrent:
+            return None
+        h = self.actor.initial_hidden((num_envs,), self.n).to(self.device)
+        return torch.cat([h, h], dim=-1)
+
+    def _split(self, hidden):
+        if hidden is None:
+            return None, None
+        half = hidden.shape[-1] // 2
+        return hidden[..., :half], hidden[..., half:]
+
+    def _heads(self, out: torch.Tensor, avail: torch.Tensor):
+        if self.spec.discrete:
+            return mask_logits(out, avail)
+        return out
+
+    def _log_std(self) -> torch.Tensor:
+        return self.log_std[self.groups]
+
+    @torch.no_grad()
+    def act(self, inputs: dict, hidden, explore: bool):
+        a_in, v_in = self._inputs(inputs["obs"], inputs["state"])
+        ha, hc = self._split(hidden)
+        out, ha = self.actor(a_in, ha)
+        value, hc = self.critic(v_in, hc)
+        value = self.value_norm.denormalize(value.squeeze(-1)) if self.cfg.value_norm else value.squeeze(-1)
+        if self.spec.discrete:
+            logits = mask_logits(out, inputs["avail"])
+            action = categorical_sample(logits, self.gen) if explore else categorical_greedy(logits)
+            logp = categorical_logp(logits, action)
+        else:
+            log_std = self._log_std().expand_as(out)
+            action = gaussian_sample(out, log_std, self.gen) if explore else out
+            logp = gaussian_logp(out, log_std, action)
+        hidden = None if ha is None else torch.cat([ha, hc], dim=-1)
+        return action, hidden, {"logp": logp, "value": value}
+
+    # -- learning -----------------------------------------------------------------------
+    def _unroll(self, net, x: torch.Tensor, h0, done: torch.Tensor):
+        """Run a net over [T, E, N, D]; recurrent nets step through time resetting at done."""
+        if h0 is None:
+            return net(x, None)[0]
+        outs, h = [], h0
+        for t in range(x.shape[0]):
+            out, h = net(x[t], h)
+            outs.append(out)
+            h = h * (~done[t]).view(-1, 1, 1).to(h.dtype)
+        return torch.stack(outs)
+
+    def _evaluate(self, b: dict, h0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Log-probs, entropies and normalised values of the stored actions, [T, E, N]."""
+        a_in, v_in = self._inputs(b["obs"], b["state"])
+        ha, hc = self._split(h0)
+        out = self._unroll(self.actor, a_in, ha, b["done"])
+        values = self._unroll(self.critic, v_in, hc, b["done"]).squeeze(-1)
+        if self.spec.discrete:
+            logits = mask_logits(out, b["avail"])
+            return categorical_logp(logits, b["actions"]), categorical_entropy(logits), values
+        log_std = self._log_std().expand_as(out)
+        return gaussian_logp(out, log_std, b["actions"]), gaussian_entropy(log_std), values
+
+    @torch.no_grad()
+    def _bootstrap_values(self, b: dict) -> torch.Tensor:
+        """next_values[t]: value of the observation after step t ([T, E, N], denormalised)."""
+        _, v_last = self._inputs(b["next_obs"], b["next_state"])
+        _, v_final = self._inputs(b["final_obs"], b["final_state"])
+        h_last = self._split(self.initial_hidden(b["next_obs"].shape[0]))[1]
+        last = self.critic(v_last, h_last)[0].squeeze(-1)
+        final = self.critic(v_final.flatten(0, 1), None if h_last is None else h_last.repeat(v_final.shape[0], 1, 1))[0]
+        final = final.squeeze(-1).view(b["reward"].shape)
+        if self.cfg.value_norm:
+            last, final = self.value_norm.denormalize(last), self.value_norm.denormalize(final)
+        nxt = torch.cat([b["value"][1:], last.unsqueeze(0)])
+        ended = b["terminated"] | b["truncated"]
+        return torch.where(ended, final, nxt)
+
+    def update(self, b: dict) -> dict[str, float]:
+        cfg = self.cfg
+        ended = b["terminated"] | b["truncated"] | b["done"].unsqueeze(-1)
+        next_values = self._bootstrap_values(b)
+        adv, returns = gae(b["reward"], b["value"], next_values, b["terminated"], ended, cfg.gamma, cfg.gae_lambda)
+        mask = b["alive"]
+        if cfg.value_norm:
+            self.value_norm.update(returns[mask])
+            target, old_v = self.value_norm.normalize(returns), self.value_norm.normalize(b["value"])
+        else:
+            target, old_v = returns, b["value"]
+        if cfg.norm_adv:
+            adv = normalize(adv, mask)
+        T, E = b["reward"].shape[:2]
+        h0 = b.get("hidden0")
+        stats: dict[str, list[float]] = {}
+        for _ in range(cfg.epochs):
+            if cfg.recurrent:  # whole sequences, minibatches over envs
+                perm = torch.randperm(E, generator=self.gen, device=self.device).chunk(cfg.minibatches)
+                select = lambda x, idx: x[:, idx]  # noqa: E731
+            else:  # independent env-steps, agents kept together on the agent axis
+                perm = torch.randperm(T * E, generator=self.gen, device=self.device).chunk(cfg.minibatches)
+                select = lambda x, idx: x.flatten(0, 1)[idx].unsqueeze(0)  # noqa: E731
+            for idx in perm:
+                mb = {k: select(b[k], idx) for k in ("obs", "state", "avail", "actions", "done")}
+                logp, ent, values = self._evaluate(mb, None if h0 is None else h0[idx])
+                m, a, ret, ov, old_logp = (select(x, idx) for x in (mask, adv, target, old_v, b["logp"]))
+                ratio = (logp - old_logp).exp()
+                if cfg.clip > 0:
+                    surrogate = torch.min(ratio * a, ratio.clamp(1 - cfg.clip, 1 + cfg.clip) * a)
+                else:
+                    surrogate = logp * a
+                pg_loss = -masked_mean(surrogate, m)
+                v_loss = (values - ret) ** 2
+                if cfg.value_clip > 0:
+                    clipped = ov + (values - ov).clamp(-cfg.value_clip, cfg.value_clip)
+                    v_loss = torch.max(v_loss, (clipped - ret) ** 2)
+                v_loss = masked_mean(v_loss, m)
+                entropy = masked_mean(ent, m)
+                loss = pg_loss + cfg.vf_coef * v_loss - cfg.ent_coef * entropy
+                self.opt.zero_grad(set_to_none=True)
+                loss.backward()
+                gnorm = torch.nn.utils.clip_grad_norm_(self.parameters(), cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf"))
+                self.opt.step()
+                with torch.no_grad():
+                    log_ratio = logp - old_logp
+                    kl = masked_mean((ratio - 1) - log_ratio, m)
+                    clipfrac = masked_mean(((ratio - 1).abs() > cfg.clip).float(), m) if cfg.clip > 0 else torch.zeros(())
+                for key, val in (("policy", pg_loss), ("value", v_loss), ("entropy", entropy), ("approx_kl", kl), ("clipfrac", clipfrac), ("grad_norm", gnorm)):
+                    stats.setdefault(key, []).append(float(val))
+        return {f"loss/{k}": sum(v) / len(v) for k, v in stats.items()}
+
+    def extra_state(self) -> dict:
+        return {"opt": self.opt.state_dict(), "gen": self.gen.get_state()}
+
+    def load_extra_state(self, state: dict) -> None:
+        self.opt.load_state_dict(state["opt"])
+        self.gen.set_state(state["gen"])
+
+
+def _entry(preset: dict, summary: str) -> AlgoEntry:
+    return AlgoEntry(OnPolicyConfig, OnPolicyLearner, preset, summary)
+
+
+ALGOS.register("mappo", _entry({"critic": "central"}, "PPO with a centralised value critic on the global state (Yu et al. 2022)"))
+ALGOS.register("ippo", _entry({"critic": "local"}, "independent PPO: per-agent critics on local observations (de Witt et al. 2020)"))
+ALGOS.register("maa2c", _entry({"critic": "central", "clip": 0.0, "epochs": 1, "value_norm": False}, "advantage actor-critic with a centralised value critic"))
+ALGOS.register("ia2c", _entry({"critic": "local", "clip": 0.0, "epochs": 1, "value_norm": False}, "independent advantage actor-critic"))

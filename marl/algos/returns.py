@@ -1,0 +1,73 @@
+"""Return and advantage math as pure functions over tensors with a leading time axis."""
+from __future__ import annotations
+
+import torch
+
+
+def gae(
+    rewards: torch.Tensor,
+    values: torch.Tensor,
+    next_values: torch.Tensor,
+    terminated: torch.Tensor,
+    ended: torch.Tensor,
+    gamma: float,
+    lam: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimation over [T, ...] tensors.
+
+    next_values[t] is the value of the observation after step t (the final observation when
+    the episode ended at t). terminated[t] stops bootstrapping (a time-limit truncation
+    does not); ended[t] (terminated or truncated or env reset) cuts the λ-trace so that
+    the next episode never leaks into this one.
+        δ_t = r_t + γ (1 - term_t) V'_t - V_t,   A_t = δ_t + γ λ (1 - ended_t) A_{t+1}
+    Returns (advantages, returns = advantages + values).
+    """
+    not_term = 1.0 - terminated.to(values.dtype)
+    carry = 1.0 - ended.to(values.dtype)
+    deltas = rewards + gamma * not_term * next_values - values
+    adv = torch.zeros_like(values)
+    last = torch.zeros_like(values[0])
+    for t in range(rewards.shape[0] - 1, -1, -1):
+        last = deltas[t] + gamma * lam * carry[t] * last
+        adv[t] = last
+    return adv, adv + values
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    mask = mask.to(x.dtype)
+    return (x * mask).sum() / mask.sum().clamp_min(1.0)
+
+
+def normalize(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """(x - mean) / std over the entries where mask is set."""
+    mean = masked_mean(x, mask)
+    var = masked_mean((x - mean) ** 2, mask)
+    return (x - mean) / (var.sqrt() + eps)
+
+
+class RunningNorm(torch.nn.Module):
+    """Running mean/variance (parallel-merge update) used to normalise value targets."""
+
+    def __init__(self, shape=(), eps: float = 1e-5):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(shape))
+        self.register_buffer("var", torch.ones(shape))
+        self.register_buffer("count", torch.tensor(eps))
+
+    @torch.no_grad()
+    def update(self, x: torch.Tensor) -> None:
+        if x.numel() == 0:
+            return
+        b_mean, b_var, b_count = x.mean(), x.var(unbiased=False), x.numel()
+        delta = b_mean - self.mean
+        total = self.count + b_count
+        self.mean += delta * b_count / total
+        m2 = self.var * self.count + b_var * b_count + delta**2 * self.count * b_count / total
+        self.var = m2 / total
+        self.count = total
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.var.clamp_min(1e-8).sqrt()
+
+    def denormalize(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.var.clamp_min(1e-8).sqrt() + self.mean

@@ -1,0 +1,292 @@
+"""Vectorised runner: E PettingZoo ParallelEnvs stepped together into padded numpy arrays.
+
+Layout (ARCHITECTURE.md): obs [E,N,D], state [E,S], avail [E,N,A], alive [E,N];
+after a step also reward [E,N], terminated/truncated [E,N] (per agent, kept apart),
+done [E] (the env's episode ended and the env was reset), final_obs/final_state (the
+observation after an agent's last step, for bootstrapping a truncation).
+
+`workers=0` steps every env in this process; `workers=W` spreads the envs over W worker
+processes (pipes carry the numpy arrays).
+"""
+from __future__ import annotations
+
+import copyreg
+import io
+import multiprocessing as mp
+import pickle
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+from gymnasium.utils import EzPickle
+
+from marl.core.errors import EnvStepError, MarlError
+from marl.core.spec import Encoder, EnvSpec
+
+STEP_FIELDS = ("obs", "state", "avail", "alive", "reward", "terminated", "truncated", "done", "final_obs", "final_state")
+OBS_FIELDS = ("obs", "state", "avail", "alive")
+
+
+@dataclass
+class EpisodeStats:
+    team_return: float
+    agent_returns: np.ndarray
+    length: int
+    env: int = 0
+
+
+def _set_dict(obj: Any, state: dict) -> None:
+    obj.__dict__.update(state)
+
+
+class _EnvPickler(pickle.Pickler):
+    """Pickles envs by their full state. gymnasium's EzPickle (used by mpe2 and classic envs)
+    would otherwise pickle only the constructor arguments and restore a fresh env.
+    Pygame render surfaces are dropped (a restored env does not render)."""
+
+    def reducer_override(self, obj):
+        if type(obj).__module__.startswith("pygame"):  # render surfaces: not env state, not picklable
+            return type(None), ()
+        if isinstance(obj, EzPickle) and hasattr(obj, "__dict__"):
+            return copyreg.__newobj__, (type(obj),), obj.__dict__, None, None, _set_dict
+        return NotImplemented
+
+
+def _buffers(spec: EnvSpec, e: int) -> dict[str, np.ndarray]:
+    n, d, a, s = spec.n_agents, spec.obs_dim, spec.n_actions, spec.state_dim
+    return {
+        "obs": np.zeros((e, n, d), np.float32),
+        "state": np.zeros((e, s), np.float32),
+        "avail": np.ones((e, n, a), bool),
+        "alive": np.zeros((e, n), bool),
+        "reward": np.zeros((e, n), np.float32),
+        "terminated": np.zeros((e, n), bool),
+        "truncated": np.zeros((e, n), bool),
+        "done": np.zeros(e, bool),
+        "final_obs": np.zeros((e, n, d), np.float32),
+        "final_state": np.zeros((e, s), np.float32),
+    }
+
+
+class _Envs:
+    """E envs in this process writing into shared buffers; the work of one runner or worker."""
+
+    def __init__(self, make_fn: Callable[[], Any], num_envs: int, seed: int, spec: EnvSpec | None):
+        self.envs = [make_fn() for _ in range(num_envs)]
+        self.spec = spec or EnvSpec.from_env(self.envs[0], name=getattr(make_fn, "env_name", ""))
+        self.enc = [Encoder(self.spec, env) for env in self.envs]
+        self.seeds = [seed + k for k in range(num_envs)]
+        self.buf = _buffers(self.spec, num_envs)
+        n = self.spec.n_agents
+        self.ep_return = np.zeros((num_envs, n), np.float64)
+        self.ep_len = np.zeros(num_envs, np.int64)
+        self.discrete = self.spec.discrete
+        if not self.discrete:
+            self.low = np.asarray(self.spec.action_low, np.float32)
+            self.high = np.asarray(self.spec.action_high, np.float32)
+
+    def _observe(self, k: int, obs: dict, infos: dict) -> None:
+        b, enc, env = self.buf, self.enc[k], self.envs[k]
+        b["obs"][k] = 0.0
+        b["avail"][k] = enc.base_avail
+        enc.obs(obs, infos, b["obs"][k], b["avail"][k])
+        alive = b["alive"][k]
+        alive[:] = False
+        live = env.agents
+        for agent in obs:  # turn-based envs observe only the agent to move
+            if agent in live:
+                alive[enc.index[agent]] = True
+        b["state"][k] = enc.state(env, b["obs"][k])
+
+    def _reset_env(self, k: int) -> None:
+        seed, self.seeds[k] = self.seeds[k], None
+        obs, infos = self.envs[k].reset(seed=seed)
+        self._observe(k, obs, infos)
+        self.ep_return[k] = 0.0
+        self.ep_len[k] = 0
+
+    def reset(self, seed: int | None = None) -> dict[str, np.ndarray]:
+        for k in range(len(self.envs)):
+            if seed is not None:
+                self.seeds[k] = seed + k
+            self._reset_env(k)
+        return self.buf
+
+    def _actions(self, k: int, row: np.ndarray) -> dict:
+        env, enc = self.envs[k], self.enc[k]
+        if self.discrete:
+            values = row.tolist()
+            return {a: values[enc.index[a]] for a in env.agents}
+        out = {}
+        for a in env.agents:
+            i = enc.index[a]
+            size = self.spec.action_sizes[i]
+            out[a] = np.clip(row[i, :size], self.low[i, :size], self.high[i, :size])
+        return out
+
+    def step(self, actions: np.ndarray) -> tuple[dict[str, np.ndarray], list[EpisodeStats]]:
+        b, episodes = self.buf, []
+        for key in ("reward", "terminated", "truncated", "done"):
+            b[key][:] = False
+        for k, env in enumerate(self.envs):
+            acts = self._actions(k, actions[k])
+            try:
+                obs, rew, term, trunc, infos = env.step(acts)
+            except Exception as err:  # the env's own bug or a bad action: name where it happened
+                raise EnvStepError(
+                    f"env '{self.spec.name}' (copy {k}) raised {type(err).__name__}: {err} at episode step {self.ep_len[k] + 1} "
+                    f"for agents {sorted(acts)} with actions {acts}",
+                    "fix the env or the action it rejects; the last checkpoint is kept",
+                ) from err
+            index = self.enc[k].index
+            for agent, r in rew.items():
+                b["reward"][k, index[agent]] = r
+            for agent, flag in term.items():
+                if flag:
+                    b["terminated"][k, index[agent]] = True
+            for agent, flag in trunc.items():
+                if flag and not term.get(agent, False):
+                    b["truncated"][k, index[agent]] = True
+            self.ep_return[k] += b["reward"][k]
+            self.ep_len[k] += 1
+            ended = b["terminated"][k] | b["truncated"][k]
+            if ended.any():  # keep the observation after the last step for bootstrapping
+                enc = self.enc[k]
+                enc.obs({a: o for a, o in obs.items() if ended[index[a]]}, infos, b["final_obs"][k], b["avail"][k])
+                b["final_state"][k] = enc.state(env, b["final_obs"][k])
+            if env.agents:
+                self._observe(k, obs, infos)
+            else:
+                b["done"][k] = True
+                episodes.append(EpisodeStats(float(self.ep_return[k].sum()), self.ep_return[k].copy(), int(self.ep_len[k]), k))
+                self._reset_env(k)
+        return b, episodes
+
+    def get_state(self) -> bytes:
+        out = io.BytesIO()
+        _EnvPickler(out).dump((self.envs, self.seeds, self.ep_return, self.ep_len, self.buf))
+        return out.getvalue()
+
+    def set_state(self, blob: bytes) -> None:
+        self.envs, self.seeds, self.ep_return, self.ep_len, self.buf = pickle.loads(blob)
+
+    def close(self) -> None:
+        for env in self.envs:
+            env.close()
+
+
+def _worker(conn, make_fn, num_envs, seed, spec):
+    envs = _Envs(make_fn, num_envs, seed, spec)
+    try:
+        while True:
+            cmd, arg = conn.recv()
+            if cmd == "step":
+                try:
+                    conn.send(("ok", envs.step(arg)))
+                except MarlError as err:
+                    conn.send(("error", err))
+            elif cmd == "reset":
+                conn.send(("ok", envs.reset(arg)))
+            elif cmd == "get_state":
+                conn.send(("ok", envs.get_state()))
+            elif cmd == "set_state":
+                envs.set_state(arg)
+                conn.send(("ok", None))
+            else:
+                envs.close()
+                conn.send(("ok", None))
+                return
+    except (EOFError, KeyboardInterrupt):
+        envs.close()
+
+
+class VecEnv:
+    """E envs stepped together; arrays as in ARCHITECTURE.md. Auto-resets finished envs."""
+
+    def __init__(self, make_fn: Callable[[], Any], num_envs: int, seed: int = 0, workers: int = 0):
+        if num_envs < 1:
+            raise MarlError(f"num_envs must be at least 1, got {num_envs}", "pass --num-envs 1 or more")
+        if workers < 0 or workers > num_envs:
+            raise MarlError(f"workers must be between 0 and num_envs ({num_envs}), got {workers}", "pass --workers 0 to step envs in-process")
+        self.num_envs, self.workers = num_envs, workers
+        probe = make_fn()
+        self.spec = EnvSpec.from_env(probe, name=getattr(make_fn, "env_name", ""))
+        probe.close()
+        if workers == 0:
+            self._local = _Envs(make_fn, num_envs, seed, self.spec)
+            return
+        ctx = mp.get_context("forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn")
+        sizes = [len(c) for c in np.array_split(np.arange(num_envs), workers)]
+        self._slices, start = [], 0
+        self._conns, self._procs = [], []
+        for w, size in enumerate(sizes):
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(target=_worker, args=(child, make_fn, size, seed + start, self.spec), daemon=True)
+            proc.start()
+            child.close()
+            self._conns.append(parent)
+            self._procs.append(proc)
+            self._slices.append(slice(start, start + size))
+            start += size
+        self._buf = _buffers(self.spec, num_envs)
+
+    def _call(self, cmd: str, args: list) -> list:
+        for conn, arg in zip(self._conns, args):
+            conn.send((cmd, arg))
+        replies = [conn.recv() for conn in self._conns]
+        for status, value in replies:
+            if status == "error":
+                raise value
+        return [value for _, value in replies]
+
+    def _gather(self, parts: list[dict]) -> dict[str, np.ndarray]:
+        for key in STEP_FIELDS:
+            np.concatenate([p[key] for p in parts], out=self._buf[key])
+        return self._buf
+
+    def reset(self, seed: int | None = None) -> dict[str, np.ndarray]:
+        """Reset every env; with a seed, env k is reseeded with seed + k."""
+        if self.workers == 0:
+            return self._local.reset(seed)
+        args = [None if seed is None else seed + s.start for s in self._slices]
+        return self._gather(self._call("reset", args))
+
+    def step(self, actions: np.ndarray) -> tuple[dict[str, np.ndarray], list[EpisodeStats]]:
+        """Step every env with actions [E,N] (discrete) or [E,N,A] (continuous)."""
+        if self.workers == 0:
+            return self._local.step(actions)
+        replies = self._call("step", [actions[s] for s in self._slices])
+        episodes = []
+        for sl, (_, eps) in zip(self._slices, replies):
+            for ep in eps:
+                ep.env += sl.start
+                episodes.append(ep)
+        return self._gather([r[0] for r in replies]), episodes
+
+    def get_state(self) -> list[bytes]:
+        """Picklable snapshot of every env (for exact resume)."""
+        if self.workers == 0:
+            return [self._local.get_state()]
+        return self._call("get_state", [None] * self.workers)
+
+    def set_state(self, blobs: list[bytes]) -> None:
+        if len(blobs) != max(self.workers, 1):
+            raise MarlError("the checkpoint's env snapshot was taken with a different --workers", "resume with the same --workers")
+        if self.workers == 0:
+            self._local.set_state(blobs[0])
+        else:
+            self._call("set_state", blobs)
+
+    def close(self) -> None:
+        if self.workers == 0:
+            self._local.close()
+            return
+        for conn, proc in zip(self._conns, self._procs):
+            try:
+                conn.send(("close", None))
+                conn.recv()
+            except (EOFError, BrokenPipeError, OSError):
+                pass
+            proc.join(timeout=5)
+            if proc.is_alive():
+                proc.terminate()

@@ -1,0 +1,219 @@
+"""The trainer: collect → update → evaluate → log → checkpoint, in one run directory.
+
+`train(TrainConfig(...), algo_config)` is the Python API (notebooks); `marl train` maps
+its flags onto the same call.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import shutil
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import envs
+from marl.algos import ALGOS
+from marl.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from marl.config import TrainConfig
+from marl.configio import from_dict, load_yaml, save_yaml, to_dict
+from marl.core.errors import MarlError, check
+from marl.core.rollout import Collector, evaluate as run_episodes
+from marl.core.vec import EpisodeStats, VecEnv
+from marl.logging import RunLogger
+
+EVAL_SEED_OFFSET = 1_000_003
+
+
+def resolve_device(name: str) -> torch.device:
+    """auto → cuda when available else cpu; cuda/cuda:N must exist."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise MarlError(f"unknown device '{name}'", "pass --device auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        check(torch.cuda.is_available(), f"device '{name}' requested but CUDA is not available", "pass --device cpu (or auto)")
+        check(device.index is None or device.index < torch.cuda.device_count(), f"device '{name}' does not exist", f"pick cuda:0..cuda:{torch.cuda.device_count() - 1}")
+    return device
+
+
+def episode_metrics(prefix: str, episodes: list[EpisodeStats], agents: tuple[str, ...]) -> dict[str, float]:
+    if not episodes:
+        return {}
+    out = {
+        f"{prefix}/return_mean": float(np.mean([e.team_return for e in episodes])),
+        f"{prefix}/return_std": float(np.std([e.team_return for e in episodes])),
+        f"{prefix}/length_mean": float(np.mean([e.length for e in episodes])),
+        f"{prefix}/episodes": len(episodes),
+    }
+    per_agent = np.mean([e.agent_returns for e in episodes], axis=0)
+    out.update({f"{prefix}/return_{a}": float(r) for a, r in zip(agents, per_agent)})
+    return out
+
+
+def _run_dir(cfg: TrainConfig) -> Path:
+    if cfg.run_dir:
+        return Path(cfg.run_dir)
+    env = cfg.env.replace("/", "-").replace(":", "-")
+    return Path("runs") / f"{cfg.algo}-{env}-s{cfg.seed}"
+
+
+def _prepare_run_dir(path: Path, cfg: TrainConfig) -> None:
+    holds_run = (path / "config.yaml").exists() or (path / "metrics.jsonl").exists()
+    if cfg.resume:
+        check(holds_run, f"run directory {path} holds no run to resume", "drop --resume to start a new run there")
+        return
+    if holds_run:
+        check(cfg.overwrite, f"run directory {path} already holds a run", "pass --resume to continue it, --overwrite to replace it, or another --run-dir")
+        shutil.rmtree(path)
+    path.mkdir(parents=True, exist_ok=True)
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _rng_state() -> dict:
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+
+
+def _set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+
+
+def build(cfg: TrainConfig, algo_cfg, device: torch.device):
+    """Env factory, vectorised envs and learner for a config (shared by train and evaluate)."""
+    entry = ALGOS.get(cfg.algo)
+    check(cfg.steps >= 1, f"steps must be at least 1, got {cfg.steps}", "pass --steps 1 or more")
+    make_fn = envs.make_factory(cfg.env, **cfg.env_kwargs)
+    vec = VecEnv(make_fn, cfg.num_envs, seed=cfg.seed, workers=cfg.workers)
+    spec = vec.spec
+    try:
+        kind_ok = algo_cfg.discrete if spec.discrete else algo_cfg.continuous
+        check(kind_ok, f"{cfg.algo} cannot handle the {spec.action_kind} actions of env '{cfg.env}'", f"pick an algorithm for {spec.action_kind} actions (marl train --help lists them)")
+        algo_cfg.validate(spec, cfg.num_envs)
+    except MarlError:
+        vec.close()
+        raise
+    _seed_everything(cfg.seed)
+    learner = entry.learner(algo_cfg, spec, device, cfg.seed)
+    return make_fn, vec, learner
+
+
+def train(cfg: TrainConfig, algo_cfg=None) -> dict:
+    """Train `cfg.algo` on `cfg.env`; returns the final metrics. See TrainConfig for fields."""
+    entry = ALGOS.get(cfg.algo)
+    run_dir = _run_dir(cfg)
+    resume_from = None
+    if cfg.resume:
+        _prepare_run_dir(run_dir, cfg)
+        resume_from = latest_checkpoint(run_dir)
+        check(resume_from is not None, f"run directory {run_dir} has no checkpoint to resume from", "start a new run with --overwrite")
+        saved = load_yaml(run_dir / "config.yaml")
+        cfg = replace(from_dict(TrainConfig, saved["train"]), resume=True, steps=max(cfg.steps, saved["train"]["steps"]))
+        algo_cfg = from_dict(entry.config, saved["algo"])
+    algo_cfg = algo_cfg if algo_cfg is not None else entry.make_config()
+    for name in ("num_envs", "eval_episodes", "eval_num_envs"):
+        check(getattr(cfg, name) >= 1, f"{name} must be at least 1, got {getattr(cfg, name)}", f"pass --{name.replace('_', '-')} 1 or more")
+    device = resolve_device(cfg.device)
+    make_fn, vec, learner = build(cfg, algo_cfg, device)
+    if not cfg.resume:
+        _prepare_run_dir(run_dir, cfg)
+    config = {"train": to_dict(cfg), "algo": {"name": cfg.algo, **to_dict(algo_cfg)}}
+    save_yaml(run_dir / "config.yaml", {"train": to_dict(cfg), "algo": to_dict(algo_cfg)})
+    collector = Collector(vec, learner, device)
+    step = updates = 0
+    if resume_from is not None:
+        ckpt = load_checkpoint(resume_from)
+        learner.load_state_dict(ckpt["model"])
+        learner.load_extra_state(ckpt["extra"])
+        collector.load_state_dict(ckpt["collector"])
+        _set_rng_state(ckpt["rng"])
+        step, updates = ckpt["step"], ckpt["updates"]
+    unseeded = {**config, "train": {**config["train"], "seed": 0, "run_dir": "", "resume": False, "overwrite": False}}
+    group = f"{cfg.algo}-{cfg.env}-" + hashlib.sha1(json.dumps(unseeded, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    logger = RunLogger(run_dir, config, wandb_mode=cfg.wandb, project=cfg.wandb_project, entity=cfg.wandb_entity,
+                       group=group, name=run_dir.name, total_steps=cfg.steps, progress=cfg.progress, start_step=step)
+    eval_vec = None
+    per_update = algo_cfg.rollout_len * cfg.num_envs
+    window: list[EpisodeStats] = []
+    last = {"log": step, "eval": step, "ckpt": step}
+    t_start, steps_at_start = time.perf_counter(), step
+    train_time = 0.0
+    final: dict = {}
+
+    def save() -> None:
+        payload = {"version": 1, "step": step, "updates": updates, "model": learner.state_dict(), "extra": learner.extra_state(),
+                   "collector": collector.state_dict(), "rng": _rng_state(), "config": {"train": to_dict(cfg), "algo": to_dict(algo_cfg)}}
+        save_checkpoint(run_dir / "checkpoints" / f"step_{step}.pt", payload)
+
+    def evaluation() -> dict:
+        nonlocal eval_vec
+        if eval_vec is None:
+            eval_vec = VecEnv(make_fn, cfg.eval_num_envs, seed=cfg.seed + EVAL_SEED_OFFSET)
+        eps = run_episodes(eval_vec, learner, cfg.eval_episodes, device, seed=cfg.seed + EVAL_SEED_OFFSET)
+        return episode_metrics("eval", eps, vec.spec.agents)
+
+    try:
+        if step == 0 and cfg.eval_interval > 0:
+            logger.log(0, evaluation())
+        while step < cfg.steps:
+            t0 = time.perf_counter()
+            batch, episodes = collector.collect(algo_cfg.rollout_len)
+            metrics = learner.update(batch)
+            train_time += time.perf_counter() - t0
+            step += per_update
+            updates += 1
+            window.extend(episodes)
+            if step - last["log"] >= cfg.log_interval or step >= cfg.steps:
+                elapsed = time.perf_counter() - t_start
+                logger.log(step, {**episode_metrics("train", window, vec.spec.agents), **metrics,
+                                  "perf/steps_per_s": (step - steps_at_start) / max(train_time, 1e-9),
+                                  "perf/wall_steps_per_s": (step - steps_at_start) / max(elapsed, 1e-9), "perf/updates": updates})
+                window, last["log"] = [], step
+            if cfg.eval_interval > 0 and (step - last["eval"] >= cfg.eval_interval or step >= cfg.steps):
+                final = evaluation()
+                logger.log(step, final)
+                last["eval"] = step
+            if step - last["ckpt"] >= cfg.checkpoint_interval or step >= cfg.steps:
+                save()
+                last["ckpt"] = step
+    finally:
+        logger.close()
+        vec.close()
+        if eval_vec is not None:
+            eval_vec.close()
+    return {"step": step, "run_dir": str(run_dir), **final}
+
+
+def evaluate(checkpoint: str, episodes: int = 32, video: str = "", device: str = "auto") -> dict:
+    """Load a checkpoint, run `episodes` greedy episodes, optionally render one to `video`."""
+    ckpt = load_checkpoint(checkpoint)
+    saved = ckpt["config"]
+    cfg = from_dict(TrainConfig, saved["train"])
+    entry = ALGOS.get(cfg.algo)
+    algo_cfg = from_dict(entry.config, saved["algo"])
+    dev = resolve_device(device)
+    make_fn, vec, learner = build(replace(cfg, workers=0), algo_cfg, dev)
+    learner.load_state_dict(ckpt["model"])
+    try:
+        eps = run_episodes(vec, learner, episodes, dev, seed=cfg.seed + EVAL_SEED_OFFSET)
+    finally:
+        vec.close()
+    out = episode_metrics("eval", eps, vec.spec.agents)
+    if video:
+        from marl.video import record_video
+
+        out["video"] = record_video(cfg.env, cfg.env_kwargs, learner, dev, video, seed=cfg.seed + EVAL_SEED_OFFSET)
+    return out
+

@@ -1,0 +1,71 @@
+"""GAE and running normalisation against hand-computed values."""
+import torch
+
+from marl.algos.returns import RunningNorm, gae, normalize
+
+G, L = 0.9, 0.8
+
+
+def _run(term, trunc, next_values):
+    r = torch.tensor([1.0, 2.0, 3.0])
+    v = torch.tensor([0.5, 1.0, 1.5])
+    term, trunc = torch.tensor(term), torch.tensor(trunc)
+    return gae(r, v, torch.tensor(next_values), term, term | trunc, G, L)
+
+
+def test_gae_termination_does_not_bootstrap():
+    # episode: steps 0,1,2, terminated at step 2; V(final obs) = 10 must be ignored
+    adv, ret = _run([False, False, True], [False, False, False], [1.0, 1.5, 10.0])
+    d2 = 3.0 - 1.5
+    d1 = 2.0 + G * 1.5 - 1.0
+    d0 = 1.0 + G * 1.0 - 0.5
+    a2 = d2
+    a1 = d1 + G * L * a2
+    a0 = d0 + G * L * a1
+    torch.testing.assert_close(adv, torch.tensor([a0, a1, a2]))
+    torch.testing.assert_close(ret, adv + torch.tensor([0.5, 1.0, 1.5]))
+
+
+def test_gae_truncation_bootstraps_from_final_observation():
+    adv, _ = _run([False, False, False], [False, False, True], [1.0, 1.5, 10.0])
+    d2 = 3.0 + G * 10.0 - 1.5
+    d1 = 2.0 + G * 1.5 - 1.0
+    d0 = 1.0 + G * 1.0 - 0.5
+    torch.testing.assert_close(adv[2], torch.tensor(d2))
+    torch.testing.assert_close(adv[0], torch.tensor(d0 + G * L * (d1 + G * L * d2)))
+
+
+def test_gae_trace_is_cut_between_episodes():
+    # step 0 ends an episode (truncated); step 1 starts a new one: A_0 must not see A_1
+    r = torch.tensor([1.0, 5.0])
+    v = torch.tensor([0.0, 0.0])
+    nv = torch.tensor([2.0, 0.0])  # V(final obs of episode 1) = 2
+    term = torch.tensor([False, True])
+    ended = torch.tensor([True, True])
+    adv, _ = gae(r, v, nv, term, ended, G, L)
+    torch.testing.assert_close(adv, torch.tensor([1.0 + G * 2.0, 5.0]))
+
+
+def test_gae_lambda_one_is_discounted_return_minus_value():
+    r = torch.tensor([1.0, 1.0, 1.0])
+    v = torch.tensor([0.3, 0.2, 0.1])
+    nv = torch.tensor([0.2, 0.1, 0.0])
+    term = torch.tensor([False, False, True])
+    adv, ret = gae(r, v, nv, term, term, G, 1.0)
+    torch.testing.assert_close(ret, torch.tensor([1 + G + G * G, 1 + G, 1.0]))
+
+
+def test_normalize_ignores_masked_entries():
+    x = torch.tensor([1.0, 3.0, 100.0])
+    out = normalize(x, torch.tensor([True, True, False]))
+    torch.testing.assert_close(out[:2], torch.tensor([-1.0, 1.0]), atol=1e-6, rtol=0)
+
+
+def test_running_norm_matches_batch_statistics():
+    norm = RunningNorm()
+    data = torch.randn(1000) * 3 + 2
+    for chunk in data.chunk(7):
+        norm.update(chunk)
+    torch.testing.assert_close(norm.mean, data.mean(), atol=1e-4, rtol=0)
+    torch.testing.assert_close(norm.var, data.var(unbiased=False), atol=1e-3, rtol=1e-4)
+    torch.testing.assert_close(norm.denormalize(norm.normalize(data)), data, atol=1e-4, rtol=0)
