@@ -45,5 +45,7 @@ class TrainConfig:
     """W&B project name."""
     wandb_entity: str = ""
     """W&B entity (team); empty uses your default."""
+    torch_threads: int = 1
+    """CPU threads for torch (small networks run fastest on one; 0 keeps torch's default)."""
     progress: bool = True
     """Show a progress bar on the console."""

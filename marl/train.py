@@ -5,9 +5,8 @@ its flags onto the same call.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import random
+import re
 import shutil
 import time
 from dataclasses import replace
@@ -18,13 +17,13 @@ import torch
 
 import envs
 from marl.algos import ALGOS
-from marl.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from marl.checkpoint import latest_checkpoint, load_checkpoint, save_step_checkpoint
 from marl.config import TrainConfig
 from marl.configio import from_dict, load_yaml, save_yaml, to_dict
 from marl.core.errors import MarlError, check
 from marl.core.rollout import Collector, evaluate as run_episodes
 from marl.core.vec import EpisodeStats, VecEnv
-from marl.logging import RunLogger
+from marl.logging import RunLogger, config_group
 
 EVAL_SEED_OFFSET = 1_000_003
 
@@ -33,10 +32,9 @@ def resolve_device(name: str) -> torch.device:
     """auto → cuda when available else cpu; cuda/cuda:N must exist."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise MarlError(f"unknown device '{name}'", "pass --device auto, cpu, cuda or cuda:N") from None
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", name):
+        raise MarlError(f"device '{name}' is not understood", "pass --device auto, cpu, cuda or cuda:N")
+    device = torch.device(name)
     if device.type == "cuda":
         check(torch.cuda.is_available(), f"device '{name}' requested but CUDA is not available", "pass --device cpu (or auto)")
         check(device.index is None or device.index < torch.cuda.device_count(), f"device '{name}' does not exist", f"pick cuda:0..cuda:{torch.cuda.device_count() - 1}")
@@ -126,6 +124,8 @@ def train(cfg: TrainConfig, algo_cfg=None) -> dict:
     for name in ("num_envs", "eval_episodes", "eval_num_envs"):
         check(getattr(cfg, name) >= 1, f"{name} must be at least 1, got {getattr(cfg, name)}", f"pass --{name.replace('_', '-')} 1 or more")
     device = resolve_device(cfg.device)
+    if cfg.torch_threads > 0:
+        torch.set_num_threads(cfg.torch_threads)
     make_fn, vec, learner = build(cfg, algo_cfg, device)
     if not cfg.resume:
         _prepare_run_dir(run_dir, cfg)
@@ -140,8 +140,7 @@ def train(cfg: TrainConfig, algo_cfg=None) -> dict:
         collector.load_state_dict(ckpt["collector"])
         _set_rng_state(ckpt["rng"])
         step, updates = ckpt["step"], ckpt["updates"]
-    unseeded = {**config, "train": {**config["train"], "seed": 0, "run_dir": "", "resume": False, "overwrite": False}}
-    group = f"{cfg.algo}-{cfg.env}-" + hashlib.sha1(json.dumps(unseeded, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    group = config_group({**config["train"], "algo_config": config["algo"]})
     logger = RunLogger(run_dir, config, wandb_mode=cfg.wandb, project=cfg.wandb_project, entity=cfg.wandb_entity,
                        group=group, name=run_dir.name, total_steps=cfg.steps, progress=cfg.progress, start_step=step)
     eval_vec = None
@@ -155,7 +154,7 @@ def train(cfg: TrainConfig, algo_cfg=None) -> dict:
     def save() -> None:
         payload = {"version": 1, "step": step, "updates": updates, "model": learner.state_dict(), "extra": learner.extra_state(),
                    "collector": collector.state_dict(), "rng": _rng_state(), "config": {"train": to_dict(cfg), "algo": to_dict(algo_cfg)}}
-        save_checkpoint(run_dir / "checkpoints" / f"step_{step}.pt", payload)
+        save_step_checkpoint(run_dir, step, payload)
 
     def evaluation() -> dict:
         nonlocal eval_vec
@@ -164,6 +163,7 @@ def train(cfg: TrainConfig, algo_cfg=None) -> dict:
         eps = run_episodes(eval_vec, learner, cfg.eval_episodes, device, seed=cfg.seed + EVAL_SEED_OFFSET)
         return episode_metrics("eval", eps, vec.spec.agents)
 
+    exit_code = 1
     try:
         if step == 0 and cfg.eval_interval > 0:
             logger.log(0, evaluation())
@@ -188,8 +188,9 @@ def train(cfg: TrainConfig, algo_cfg=None) -> dict:
             if step - last["ckpt"] >= cfg.checkpoint_interval or step >= cfg.steps:
                 save()
                 last["ckpt"] = step
+        exit_code = 0
     finally:
-        logger.close()
+        logger.close(exit_code)
         vec.close()
         if eval_vec is not None:
             eval_vec.close()

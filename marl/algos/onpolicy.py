@@ -246,7 +246,7 @@ class OnPolicyLearner(torch.nn.Module):
                     kl = masked_mean((ratio - 1) - log_ratio, m)
                     clipfrac = masked_mean(((ratio - 1).abs() > cfg.clip).float(), m) if cfg.clip > 0 else torch.zeros(())
                 for key, val in (("policy", pg_loss), ("value", v_loss), ("entropy", entropy), ("approx_kl", kl), ("clipfrac", clipfrac), ("grad_norm", gnorm)):
-                    stats.setdefault(key, []).append(float(val))
+                    stats.setdefault(key, []).append(float(val.detach()))
         return {f"loss/{k}": sum(v) / len(v) for k, v in stats.items()}
 
     def extra_state(self) -> dict:

@@ -1,0 +1,259 @@
+"""The `marl` command: `marl train` and `marl evaluate`.
+
+Flags come from the config dataclasses: every TrainConfig field and every field of the chosen
+algorithm's config (two-phase parse: `--algo` first, then its fields), help text = the field
+docstring. A MarlError prints one line `error: ...` and exits 2; Ctrl-C exits 130.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import re
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+from marl.config import TrainConfig
+from marl.configio import coerce, field_docs, field_types, from_dict, load_yaml, parse_value, positive, to_plain
+from marl.core.errors import MarlError
+
+_RUN, _ALGO = "run.", "algo."
+_interrupt_hint = ""
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `marl` console script. Returns 0; failures raise SystemExit(2 or 130)."""
+    global _interrupt_hint
+    argv = list(sys.argv[1:] if argv is None else argv)
+    _interrupt_hint = ""
+    try:
+        parser = build_parser(argv)
+        ns = parser.parse_args(argv)
+        return ns.func(ns)
+    except MarlError as e:
+        print("error: " + " ".join(str(e).split()), file=sys.stderr)
+        raise SystemExit(getattr(e, "exit_code", 2)) from None
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; the trainer keeps its last checkpoint{_interrupt_hint}", file=sys.stderr)
+        raise SystemExit(130) from None
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    def __init__(self, prog: str):
+        super().__init__(prog, max_help_position=36, width=max(100, shutil.get_terminal_size((120, 24)).columns))
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The full parser; for `train` the algorithm (from --algo or --config) decides the extra flags."""
+    argv = list(argv or [])
+    top = argparse.ArgumentParser(prog="marl", description="Multi-agent reinforcement learning on PettingZoo.",
+                                  allow_abbrev=False, formatter_class=_Formatter)
+    sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_train(sub, argv[1:] if argv[:1] == ["train"] else None)
+    _add_evaluate(sub)
+    return top
+
+
+# ----------------------------------------------------------------------------- train
+def _preparse(rest: list[str]) -> argparse.Namespace:
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    for opt in ("--algo", "--config", "--run-dir"):
+        pre.add_argument(opt)
+    pre.add_argument("--resume", nargs="?", const="true")
+    return pre.parse_known_args(rest)[0]
+
+
+def _add_train(sub, rest: list[str] | None) -> None:
+    from marl.algos import ALGOS  # importing registers the built-in algorithms
+
+    known = _preparse(rest or [])
+    config_file = known.config
+    if not config_file and known.resume and parse_value(bool, known.resume, "resume") and known.run_dir:
+        saved = Path(known.run_dir) / "config.yaml"  # resuming: the run's own config is the base
+        config_file = str(saved) if saved.is_file() else None
+    base_run, base_algo = load_run_config(config_file) if config_file else ({}, {})
+    algo = known.algo or base_run.get("algo") or TrainConfig.algo
+    entry = ALGOS.get(algo) if (known.algo or "algo" in base_run or algo in ALGOS) else None
+    if base_algo and base_run.get("algo", algo) != algo:
+        print(f"note: --algo {algo} differs from {base_run['algo']} in {config_file}; "
+              f"its {base_run['algo']} hyperparameters are not used", file=sys.stderr)
+        base_algo = {}
+
+    p = sub.add_parser("train", help="train an algorithm on an environment", formatter_class=_Formatter,
+                       allow_abbrev=False, description=_train_description(ALGOS), epilog=_env_help())
+    p.add_argument("--config", metavar="YAML", help="load a saved config.yaml (run + algorithm); flags override it")
+    run_group = p.add_argument_group("run options (TrainConfig)")
+    run_flags = _add_fields(run_group, TrainConfig, TrainConfig(), _RUN, set())
+    if entry is not None:
+        try:
+            defaults = entry.make_config()
+        except (MarlError, TypeError):
+            defaults = None
+        group = p.add_argument_group(f"{algo} hyperparameters ({entry.config.__name__})")
+        _add_fields(group, entry.config, defaults, _ALGO, run_flags | {"--config", "--help"})
+    else:
+        p.add_argument_group(f"{algo} hyperparameters", f"'{algo}' is not registered; pass --algo NAME --help")
+    p.set_defaults(func=_cmd_train, _entry=entry, _base_run=base_run, _base_algo=base_algo)
+
+
+def load_run_config(path: str) -> tuple[dict, dict]:
+    """(run dict, algo dict) of a config.yaml: `train:` (or `run:`) and `algo:` sections, or one flat mapping."""
+    data = load_yaml(path) or {}
+    if not isinstance(data, dict):
+        raise MarlError(f"config file {path} does not hold a mapping", "write `train:` and `algo:` sections")
+    run = data.get("train", data.get("run"))
+    if isinstance(data.get("algo"), dict) or isinstance(run, dict):
+        return dict(run or {}), dict(data.get("algo") or {})
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    return {k: v for k, v in data.items() if k in names}, {k: v for k, v in data.items() if k not in names}
+
+
+def _train_description(algos) -> str:
+    lines = ["Train an algorithm on a PettingZoo environment, e.g.",
+             "  marl train --algo mappo --env mpe2/simple_spread_v3 --steps 200000 --seed 1 --run-dir runs/spread",
+             "", "algorithms (hyperparameter flags appear with --algo NAME --help):"]
+    names = algos.names()
+    width = max((len(n) for n in names), default=0) + 2
+    for name in names:
+        e = algos.get(name)
+        summary = e.summary or ((e.config.__doc__ or "").strip().splitlines() or [""])[0]
+        lines.append(f"  {name:<{width}}{summary}")
+    return "\n".join(lines if names else lines[:-1] + ["algorithms: none registered"])
+
+
+def _env_help() -> str:
+    forms: list[str] = []
+    names: list[str] = []
+    try:
+        import envs  # written separately; help must work without it
+
+        forms = list(getattr(envs, "ENV_FORMS", []) or [])
+        names = list(envs.names()) if callable(getattr(envs, "names", None)) else []
+    except Exception:  # noqa: BLE001 - help text only
+        pass
+    if not forms:
+        forms = [field_docs(TrainConfig).get("env", "")]
+    text = "env names (--env):\n" + "\n".join(f"  {f}" for f in forms if f)
+    return text + ("\nregistered envs:\n  " + ", ".join(names) if names else "")
+
+
+def _metavar(tp: Any) -> str:
+    name = getattr(tp, "__name__", "")
+    table = {"int": "N", "float": "X", "str": "STR", "dict": "K=V,...", "list": "A,B,...", "tuple": "A,B,..."}
+    if name in table:
+        return table[name]
+    text = str(tp).replace("typing.", "")
+    if text.startswith("Literal["):
+        return "{" + ",".join(str(a) for a in getattr(tp, "__args__", ())) + "}"
+    return "|".join(table.get(getattr(a, "__name__", ""), "VALUE") for a in getattr(tp, "__args__", ())) or "VALUE"
+
+
+def _add_fields(group, cls: type, defaults: Any, prefix: str, taken: set[str]) -> set[str]:
+    """One flag per dataclass field (kebab-case); a name already taken gets an `--algo-` prefix."""
+    docs, types, flags = field_docs(cls), field_types(cls), set()
+    for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
+        opt = "--" + f.name.replace("_", "-")
+        opt = "--algo-" + opt[2:] if opt in taken else opt
+        tp = types[f.name]
+        default = getattr(defaults, f.name) if defaults is not None else f.default
+        doc = " ".join((docs.get(f.name) or "").split("\n\n")[0].split())
+        if default is not dataclasses.MISSING:
+            plain = to_plain(default)
+            shown = ",".join(map(str, plain)) if isinstance(plain, list) and plain else \
+                plain if isinstance(plain, str) and plain else json.dumps(plain, default=str)
+            doc = f"{doc} (default: {shown})".strip()
+        kw: dict[str, Any] = dict(dest=prefix + f.name, default=argparse.SUPPRESS, help=doc.replace("%", "%%"))
+        if tp is bool:
+            kw.update(nargs="?", const="true", metavar="BOOL")
+        else:
+            kw.update(metavar=_metavar(tp))
+        group.add_argument(opt, **kw)
+        flags.add(opt)
+    return flags
+
+
+def _cmd_train(ns: argparse.Namespace) -> int:
+    global _interrupt_hint
+    from marl.algos import ALGOS
+
+    given = vars(ns)
+    run_types = field_types(TrainConfig)
+    run = dict(ns._base_run)
+    run.update({k[len(_RUN):]: parse_value(run_types[k[len(_RUN):]], v, k[len(_RUN):])
+                for k, v in given.items() if k.startswith(_RUN)})
+    cfg = from_dict(TrainConfig, run)
+    entry = ns._entry or ALGOS.get(cfg.algo)
+    algo_types = field_types(entry.config)
+    overrides = {k: coerce(algo_types[k], v, k) if k in algo_types else v for k, v in ns._base_algo.items()}
+    overrides.update({k[len(_ALGO):]: parse_value(algo_types[k[len(_ALGO):]], v, k[len(_ALGO):])
+                      for k, v in given.items() if k.startswith(_ALGO)})
+    algo_cfg = entry.make_config(**overrides)
+    cfg = dataclasses.replace(cfg, device=check_device(cfg.device))
+    positive("steps", cfg.steps)
+    from marl.train import train
+
+    _interrupt_hint = f"; continue with: marl train --resume --run-dir {cfg.run_dir or '<run_dir>'}"
+    result = train(cfg, algo_cfg)
+    _print_result(result)
+    return 0
+
+
+# ----------------------------------------------------------------------------- evaluate
+def _add_evaluate(sub) -> None:
+    p = sub.add_parser("evaluate", help="evaluate a checkpoint and print its returns", formatter_class=_Formatter,
+                       allow_abbrev=False, description="Run the greedy policy of a checkpoint and print returns.")
+    p.add_argument("--checkpoint", required=True, metavar="PATH",
+                   help="checkpoint file, or a run directory (uses its checkpoints/latest.pt)")
+    p.add_argument("--episodes", type=int, default=32, metavar="N", help="episodes to run (default: 32)")
+    p.add_argument("--video", default="", metavar="FILE", help="write a video of an episode (.mp4 or .gif)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    p.set_defaults(func=_cmd_evaluate)
+
+
+def _cmd_evaluate(ns: argparse.Namespace) -> int:
+    from marl.checkpoint import latest_checkpoint
+
+    path = Path(ns.checkpoint)
+    if path.is_dir():
+        found = latest_checkpoint(path)
+        if found is None:
+            raise MarlError(f"no checkpoint in {path}", "train first, or pass --checkpoint <run_dir>/checkpoints/latest.pt")
+        path = found
+    if not path.is_file():
+        raise MarlError(f"checkpoint {path} is missing", "check the path; runs keep them in <run_dir>/checkpoints/")
+    positive("episodes", ns.episodes)
+    device = check_device(ns.device)
+    from marl.train import evaluate
+
+    result = evaluate(str(path), episodes=ns.episodes, video=ns.video, device=device)
+    _print_result(result)
+    return 0
+
+
+# ----------------------------------------------------------------------------- helpers
+def check_device(device: str) -> str:
+    """Validate auto|cpu|cuda|cuda:N (MarlError when the accelerator is not there)."""
+    from marl.train import resolve_device
+
+    resolve_device(str(device).strip().lower())
+    return str(device).strip().lower()
+
+
+def _print_result(result: Any) -> None:
+    if not isinstance(result, dict):
+        return
+    for key, value in result.items():
+        value = to_plain(value)
+        if isinstance(value, float):
+            value = f"{value:.6g}"
+        elif isinstance(value, list):
+            value = ", ".join(f"{v:.6g}" if isinstance(v, float) else str(v) for v in value)
+        print(f"{key}: {value}")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
