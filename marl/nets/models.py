@@ -1,0 +1,147 @@
+"""Agent networks over grouped layers: every module maps x[..., N, in] -> [..., N, out] with
+the agent axis second to last, and `groups` (LongTensor[N] or a sharing list) decides which
+agents share weights (see `marl.nets.sharing`).
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+
+from marl.core.errors import MarlError
+from marl.core.registry import Registry
+from marl.nets.layers import GroupGRUCell, GroupLayerNorm, GroupLinear, from_agent_major, to_agent_major
+from marl.nets.sharing import Sharing, as_groups
+
+ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh}
+
+
+def _activation(name: str) -> tuple[Callable[[], nn.Module], float]:
+    """(module factory, orthogonal-init gain) for an activation name."""
+    if name not in ACTIVATIONS:
+        raise MarlError(f"unknown activation '{name}'", f"use one of {', '.join(sorted(ACTIVATIONS))}")
+    return ACTIVATIONS[name], nn.init.calculate_gain(name)
+
+
+def _run(layers: nn.Sequential, x: torch.Tensor, agent_major: bool) -> torch.Tensor:
+    """Apply layers in order, passing the layout flag to the grouped ones."""
+    for layer in layers:
+        x = layer(x, agent_major) if isinstance(layer, (GroupLinear, GroupLayerNorm)) else layer(x)
+    return x
+
+
+def with_agent_id(x: torch.Tensor) -> torch.Tensor:
+    """x[..., N, D] -> [..., N, D + N]: a one-hot agent id appended to each agent's input."""
+    n = x.shape[-2]
+    eye = torch.eye(n, dtype=x.dtype, device=x.device).expand(*x.shape[:-2], n, n)
+    return torch.cat([x, eye], dim=-1)
+
+
+class MLP(nn.Module):
+    """Grouped MLP: in -> hidden[0] -> ... -> out, each hidden layer Linear [-> LayerNorm] -> act.
+
+    Hidden layers are initialised orthogonally with the activation's gain (sqrt(2) for relu,
+    5/3 for tanh), the output layer with `out_gain` (e.g. 0.01 for a policy head). No
+    activation on the output. `hidden=()` gives a single grouped linear layer.
+    """
+
+    def __init__(self, in_dim: int, out_dim: int, hidden: Sequence[int] = (64, 64), *, groups: Sharing,
+                 activation: str = "relu", layer_norm: bool = False, out_gain: float = 1.0):
+        super().__init__()
+        groups = as_groups(groups)
+        act, gain = _activation(activation)
+        layers: list[nn.Module] = []
+        dims = [in_dim, *hidden]
+        for d_in, d_out in zip(dims[:-1], dims[1:]):
+            layers.append(GroupLinear(d_in, d_out, groups, gain=gain))
+            if layer_norm:
+                layers.append(GroupLayerNorm(d_out, groups))
+            layers.append(act())
+        layers.append(GroupLinear(dims[-1], out_dim, groups, gain=out_gain))
+        self.net = nn.Sequential(*layers)
+        self.in_dim, self.out_dim, self.n_agents = in_dim, out_dim, groups.numel()
+        self.agent_major = int(groups.max()) > 0  # run in [N, B, D] layout (bmm) when K > 1
+
+    def forward(self, x: torch.Tensor, agent_major: bool = False) -> torch.Tensor:
+        """x[..., N, in] -> [..., N, out] (or [N, B, in] -> [N, B, out] with agent_major)."""
+        if agent_major or not self.agent_major:
+            return _run(self.net, x, agent_major)
+        y = _run(self.net, to_agent_major(x, self.n_agents), True)
+        return from_agent_major(y, x.shape[:-2])
+
+
+class AgentNet(nn.Module):
+    """Per-agent policy/value network with optional recurrence (EPyMARL style fc -> GRU -> fc).
+
+    Feed-forward: an MLP over `hidden`. Recurrent: Linear(in, hidden[0]) -> act ->
+    GRUCell(hidden[0], hidden[1]) -> MLP(hidden[2:]) -> out; the GRU state has size
+    hidden[1] (hidden[0] when only one size is given). No activation after the GRU.
+    forward(x, h) -> (out, h'); for a feed-forward net h is passed through untouched.
+    """
+
+    def __init__(self, in_dim: int, out_dim: int, hidden: Sequence[int] = (64, 64), *, groups: Sharing,
+                 recurrent: bool = False, activation: str = "relu", layer_norm: bool = False,
+                 out_gain: float = 1.0):
+        super().__init__()
+        groups = as_groups(groups)
+        hidden = tuple(int(h) for h in hidden)
+        self.n_agents, self.recurrent = groups.numel(), recurrent
+        self.agent_major = int(groups.max()) > 0
+        self.in_dim, self.out_dim = in_dim, out_dim
+        if not recurrent:
+            self.hidden_dim = 0
+            self.body = MLP(in_dim, out_dim, hidden, groups=groups, activation=activation,
+                            layer_norm=layer_norm, out_gain=out_gain)
+            return
+        if not hidden:
+            raise MarlError("a recurrent network needs at least one hidden size", "pass hidden=(64,) or more")
+        act, gain = _activation(activation)
+        self.hidden_dim = hidden[1] if len(hidden) > 1 else hidden[0]
+        fc = [GroupLinear(in_dim, hidden[0], groups, gain=gain)]
+        if layer_norm:
+            fc.append(GroupLayerNorm(hidden[0], groups))
+        self.fc = nn.Sequential(*fc, act())
+        self.rnn = GroupGRUCell(hidden[0], self.hidden_dim, groups)
+        self.head = MLP(self.hidden_dim, out_dim, hidden[2:], groups=groups, activation=activation,
+                        layer_norm=layer_norm, out_gain=out_gain)
+
+    def initial_hidden(self, batch_shape: Sequence[int] | int = (), n_agents: int | None = None) -> torch.Tensor:
+        """Zeros [*batch_shape, N, H] on the network's device (H = 0 for a feed-forward net)."""
+        if isinstance(batch_shape, int):
+            batch_shape = (batch_shape,)
+        p = next(self.parameters())
+        n = self.n_agents if n_agents is None else n_agents
+        return torch.zeros(*batch_shape, n, self.hidden_dim, dtype=p.dtype, device=p.device)
+
+    def forward(self, x: torch.Tensor, h: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """x[..., N, in], h[..., N, H] or None (zeros) -> (out[..., N, out], h'[..., N, H])."""
+        if not self.recurrent:
+            return self.body(x), h
+        am, lead = self.agent_major, x.shape[:-2]
+        if am:  # one layout change in, one out, instead of one around every layer
+            x = to_agent_major(x, self.n_agents)
+            h = None if h is None else to_agent_major(h, self.n_agents)
+        z = _run(self.fc, x, am)
+        if h is None:
+            h = z.new_zeros(*z.shape[:-1], self.hidden_dim)
+        h = self.rnn(z, h, am)
+        out = self.head(h, am)
+        if am:
+            out, h = from_agent_major(out, lead), from_agent_major(h, lead)
+        return out, h
+
+
+NETWORKS: Registry[Callable[..., AgentNet]] = Registry("network")
+
+
+@NETWORKS.register("mlp")
+def mlp_net(in_dim: int, out_dim: int, groups: Sharing, **kw) -> AgentNet:
+    """Feed-forward AgentNet."""
+    return AgentNet(in_dim, out_dim, groups=groups, recurrent=False, **kw)
+
+
+@NETWORKS.register("gru")
+def gru_net(in_dim: int, out_dim: int, groups: Sharing, **kw) -> AgentNet:
+    """Recurrent AgentNet (fc -> GRU -> fc)."""
+    return AgentNet(in_dim, out_dim, groups=groups, recurrent=True, **kw)
