@@ -117,6 +117,7 @@ def train(cfg: TrainConfig, algo_cfg=None) -> dict:
         _prepare_run_dir(run_dir, cfg)
         resume_from = latest_checkpoint(run_dir)
         check(resume_from is not None, f"run directory {run_dir} has no checkpoint to resume from", "start a new run with --overwrite")
+        resume_ckpt = load_checkpoint(resume_from)  # a corrupt checkpoint fails here, before the run dir is touched
         saved = load_yaml(run_dir / "config.yaml")
         cfg = replace(from_dict(TrainConfig, saved["train"]), resume=True, steps=max(cfg.steps, saved["train"]["steps"]))
         algo_cfg = from_dict(entry.config, saved["algo"])
@@ -130,11 +131,12 @@ def train(cfg: TrainConfig, algo_cfg=None) -> dict:
     if not cfg.resume:
         _prepare_run_dir(run_dir, cfg)
     config = {"train": to_dict(cfg), "algo": {"name": cfg.algo, **to_dict(algo_cfg)}}
-    save_yaml(run_dir / "config.yaml", {"train": to_dict(cfg), "algo": to_dict(algo_cfg)})
+    # resume/overwrite are actions of this invocation, not settings: `--config <this file>` must not repeat them
+    save_yaml(run_dir / "config.yaml", {"train": to_dict(replace(cfg, resume=False, overwrite=False)), "algo": to_dict(algo_cfg)})
     collector = Collector(vec, learner, device)
     step = updates = 0
     if resume_from is not None:
-        ckpt = load_checkpoint(resume_from)
+        ckpt = resume_ckpt
         learner.load_state_dict(ckpt["model"])
         learner.load_extra_state(ckpt["extra"])
         collector.load_state_dict(ckpt["collector"])

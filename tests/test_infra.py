@@ -1,4 +1,4 @@
-"""Infrastructure around training: config I/O, CLI, checkpoints, run logging."""
+"""Infrastructure around training: config I/O, checkpoints, run logging (the CLI: tests/test_cli.py)."""
 from __future__ import annotations
 
 import sys
@@ -9,8 +9,7 @@ import pytest
 import torch
 
 from marl import checkpoint as ckpt
-from marl.algos import ALGOS, AlgoEntry
-from marl.cli import load_run_config, main
+from marl.cli import load_run_config
 from marl.config import TrainConfig
 from marl.configio import coerce, field_docs, from_dict, in_range, load_yaml, parse_value, positive, save_yaml, to_dict
 from marl.core.errors import MarlError
@@ -18,7 +17,7 @@ from marl.logging import RunLogger, config_group, read_metrics, resolve_wandb_mo
 
 
 @dataclass(frozen=True)
-class DummyConfig:  # an algorithm config as the CLI sees it
+class DummyConfig:  # a config dataclass with the field kinds algorithm configs use
     lr: float = 1e-3
     """Learning rate of the dummy."""
     sharing: str | list = "all"
@@ -31,34 +30,6 @@ class DummyConfig:  # an algorithm config as the CLI sees it
     """Normalise advantages."""
     extra: dict = field(default_factory=dict)
     """Anything else."""
-
-
-DUMMY = "dummy-infra-test"
-
-
-@pytest.fixture
-def dummy_algo():
-    ALGOS.register(DUMMY, AlgoEntry(DummyConfig, object, {"critic": "central"}, "a dummy for the CLI tests"),
-                   overwrite=True)
-    yield ALGOS.get(DUMMY)
-    ALGOS._items.pop(DUMMY, None)  # the registry has no public unregister
-
-
-@pytest.fixture
-def fake_trainer(monkeypatch):
-    """Stands in for marl.train so that CLI tests never start real training."""
-    calls = []
-
-    def train(cfg, algo_cfg):
-        return calls.append((cfg, algo_cfg)) or {"step": cfg.steps, "eval/return_mean": 1.25}
-
-    def evaluate(checkpoint, episodes=32, video="", device="auto"):
-        calls.append({"checkpoint": checkpoint, "episodes": episodes, "device": device})
-        return {"eval/return_mean": -7.5, "eval/episodes": episodes}
-
-    module = types.SimpleNamespace(train=train, evaluate=evaluate, calls=calls)
-    monkeypatch.setitem(sys.modules, "marl.train", module)
-    return module
 
 
 # ----------------------------------------------------------------------------- configio
@@ -220,69 +191,3 @@ def test_wandb_offline_run_lands_in_run_dir(tmp_path, monkeypatch):
     logger.close()
     assert list((tmp_path / "run" / "wandb").glob("offline-run-*"))
     assert read_metrics(tmp_path / "run")[0]["train/return_mean"] == 1.5
-
-
-# ----------------------------------------------------------------------------- CLI
-def test_train_help_lists_algorithms_and_flags(dummy_algo, capsys):
-    with pytest.raises(SystemExit) as info:
-        main(["train", "--algo", DUMMY, "--help"])
-    assert info.value.code == 0
-    out = capsys.readouterr().out
-    assert DUMMY in out and "a dummy for the CLI tests" in out
-    assert "--steps" in out and "Training budget" in out and "--num-envs" in out
-    assert "--lr" in out and "Learning rate of the dummy" in out and "--sharing" in out
-    assert "env names" in out
-
-
-def test_unknown_algorithm_exits_2_with_one_line(fake_trainer, capsys):
-    with pytest.raises(SystemExit) as info:
-        main(["train", "--algo", "no-such-algo", "--steps", "10"])
-    assert info.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: unknown algorithm 'no-such-algo'")
-
-
-def test_bad_values_and_device_exit_2(dummy_algo, fake_trainer, capsys):
-    for argv in (["--steps", "lots"], ["--normalise", "maybe"], ["--extra", "a"], ["--device", "tpu"], ["--nope", "1"]):
-        with pytest.raises(SystemExit) as info:
-            main(["train", "--algo", DUMMY, *argv])
-        assert info.value.code == 2, argv
-    if not torch.cuda.is_available():
-        with pytest.raises(SystemExit):
-            main(["train", "--algo", DUMMY, "--device", "cuda"])
-        assert "CUDA is not available" in capsys.readouterr().err
-    assert not fake_trainer.calls
-
-
-def test_train_maps_flags_and_config_file(dummy_algo, fake_trainer, tmp_path, capsys):
-    calls = fake_trainer.calls
-    assert main(["train", "--algo", DUMMY, "--env", "builtin/matrix", "--steps", "100", "--seed", "3",
-                 "--run-dir", str(tmp_path / "r"), "--env-kwargs", "N=2", "--lr", "3e-4", "--sharing", "0,0,1",
-                 "--hidden", "32,32", "--overwrite", "--progress", "false", "--device", "cpu"]) == 0
-    cfg, algo = calls[-1]
-    assert (cfg.algo, cfg.steps, cfg.seed, cfg.env_kwargs, cfg.overwrite, cfg.progress) == (DUMMY, 100, 3, {"N": 2}, True, False)
-    assert algo == DummyConfig(lr=3e-4, sharing=[0, 0, 1], hidden=(32, 32), critic="central")  # preset kept
-    assert "eval/return_mean: 1.25" in capsys.readouterr().out
-    save_yaml(tmp_path / "config.yaml", {"train": to_dict(cfg), "algo": to_dict(algo)})
-    main(["train", "--config", str(tmp_path / "config.yaml"), "--steps", "50", "--sharing", "none"])
-    cfg2, algo2 = calls[-1]
-    assert cfg2 == TrainConfig(**{**to_dict(cfg), "steps": 50}) and algo2.sharing == "none" and algo2.lr == 3e-4
-
-
-def test_keyboard_interrupt_exits_130(dummy_algo, fake_trainer, capsys):
-    fake_trainer.train = lambda cfg, algo_cfg: (_ for _ in ()).throw(KeyboardInterrupt)
-    with pytest.raises(SystemExit) as info:
-        main(["train", "--algo", DUMMY, "--run-dir", "runs/x", "--device", "cpu"])
-    assert info.value.code == 130 and "--resume --run-dir runs/x" in capsys.readouterr().err
-
-
-def test_evaluate_prints_returns(fake_trainer, tmp_path, capsys):
-    path = ckpt.save_checkpoint(tmp_path / "checkpoints" / "latest.pt", {"step": 1})
-    assert main(["evaluate", "--checkpoint", str(tmp_path), "--episodes", "4", "--device", "cpu"]) == 0
-    assert fake_trainer.calls == [{"checkpoint": str(path), "episodes": 4, "device": "cpu"}]  # run dir -> latest
-    assert capsys.readouterr().out.splitlines() == ["eval/return_mean: -7.5", "eval/episodes: 4"]
-    with pytest.raises(SystemExit) as info:
-        main(["evaluate", "--checkpoint", str(tmp_path / "missing.pt")])
-    assert info.value.code == 2 and len(fake_trainer.calls) == 1
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith(f"error: checkpoint {tmp_path / 'missing.pt'} is missing; ")

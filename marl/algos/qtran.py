@@ -1,0 +1,101 @@
+"""QTRAN-base pieces (Son et al. 2019, "QTRAN: Learning to Factorize with Transformation").
+
+Notation of the paper: per-agent utilities Q_i(tau_i, u_i); their sum
+Q'_jt(tau, u) = sum_i Q_i(tau_i, u_i); a joint action-value network Q_jt(tau, u); a
+state-value network V_jt(tau); the greedy joint action u_bar = (argmax_u Q_i)_i. Training
+minimises L = L_td + lambda_opt L_opt + lambda_nopt L_nopt with
+
+    L_td   = (Q_jt(tau, u) - y)^2
+    L_opt  = (Q'_jt(tau, u_bar) - Q^_jt(tau, u_bar) + V_jt(tau))^2
+    L_nopt = min(Q'_jt(tau, u) - Q^_jt(tau, u) + V_jt(tau), 0)^2
+
+where Q^_jt is Q_jt held fixed (no gradient) in the two factorisation losses, so they move
+the utilities and V_jt only. `QTranJoint` and `QTranV` are the two networks; the losses
+are the pure function `qtran_losses`.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from marl.core.errors import MarlError
+
+
+class QTranJoint(nn.Module):
+    """Q_jt(s, u) of QTRAN-base.
+
+    Each agent's features h_i (hidden state or utilities, [..., N, F]) are concatenated
+    with its one-hot action u_i ([..., N, A]) and encoded by one shared MLP; the encodings
+    are summed over agents (permutation-invariant, as in the paper's QTRAN-base) and,
+    joined with the state [..., S], fed to an MLP with one output. The encoder has
+    `encode_dim` units (pymarl uses feat_dim + n_actions; a narrow ReLU encoder can
+    collapse joint actions onto the same sum), the head two hidden layers of `embed_dim`. Give the features an
+    agent id when the agents are not interchangeable.
+    """
+
+    def __init__(self, n_agents: int, state_dim: int, feat_dim: int, n_actions: int, embed_dim: int = 64,
+                 encode_dim: int = 64):
+        super().__init__()
+        self.n_agents, self.state_dim, self.feat_dim, self.n_actions = n_agents, state_dim, feat_dim, n_actions
+        enc_in = feat_dim + n_actions
+        self.encoder = nn.Sequential(nn.Linear(enc_in, encode_dim), nn.ReLU(), nn.Linear(encode_dim, encode_dim))
+        self.head = nn.Sequential(
+            nn.Linear(state_dim + encode_dim, embed_dim), nn.ReLU(),
+            nn.Linear(embed_dim, embed_dim), nn.ReLU(),
+            nn.Linear(embed_dim, 1),
+        )
+
+    def forward(self, state: Tensor, feats: Tensor, actions_onehot: Tensor) -> Tensor:
+        """Q_jt [...] from state [..., S], features [..., N, F] and one-hot actions [..., N, A]."""
+        lead = state.shape[:-1]
+        want = {"state": (*lead, self.state_dim), "feats": (*lead, self.n_agents, self.feat_dim),
+                "actions_onehot": (*lead, self.n_agents, self.n_actions)}
+        for name, x in (("state", state), ("feats", feats), ("actions_onehot", actions_onehot)):
+            if tuple(x.shape) != want[name]:
+                raise MarlError(f"QTranJoint got {name} of shape {tuple(x.shape)}", f"pass {name} as {list(want[name])}")
+        enc = self.encoder(torch.cat([feats, actions_onehot.to(feats.dtype)], dim=-1)).sum(dim=-2)
+        return self.head(torch.cat([state, enc], dim=-1)).squeeze(-1)
+
+
+class QTranV(nn.Module):
+    """V_jt(s) of QTRAN: a state-value MLP (state [..., S] -> [...])."""
+
+    def __init__(self, state_dim: int, embed_dim: int = 64):
+        super().__init__()
+        self.state_dim = state_dim
+        self.net = nn.Sequential(nn.Linear(state_dim, embed_dim), nn.ReLU(), nn.Linear(embed_dim, 1))
+
+    def forward(self, state: Tensor) -> Tensor:
+        """V_jt [...] from state [..., S]."""
+        if state.shape[-1] != self.state_dim:
+            raise MarlError(f"QTranV got state of shape {tuple(state.shape)}", f"pass state as [..., {self.state_dim}]")
+        return self.net(state).squeeze(-1)
+
+
+def _masked_mean(x: Tensor, mask: Tensor) -> Tensor:
+    """Mean of x over the entries where mask is 1 (0 when the mask is empty)."""
+    mask = mask.to(x.dtype)
+    return (x * mask).sum() / mask.sum().clamp(min=1.0)
+
+
+def qtran_losses(q_jt: Tensor, q_jt_target: Tensor, q_tilde_opt: Tensor, q_jt_opt_detached: Tensor, v_jt: Tensor,
+                 q_tilde_taken: Tensor, q_jt_taken_detached: Tensor, filled: Tensor,
+                 lambda_opt: float = 1.0, lambda_nopt: float = 1.0) -> dict[str, Tensor]:
+    """QTRAN-base losses, each a mean over the filled entries (all tensors [B, T] or [B]).
+
+    q_jt: Q_jt(s, u) at the taken joint action; q_jt_target: its TD target y;
+    q_tilde_opt: Q'_jt(s, u_bar) = sum_i max_u Q_i; q_jt_opt_detached: Q_jt(s, u_bar);
+    v_jt: V_jt(s); q_tilde_taken: Q'_jt(s, u) = sum_i Q_i(u_i) at the taken action;
+    q_jt_taken_detached: Q_jt(s, u). The target and both "detached" inputs are detached
+    here as well, so gradients follow the paper whatever the caller passes.
+    Returns {"td", "opt", "nopt", "loss"} with loss = td + lambda_opt opt + lambda_nopt nopt.
+    """
+    shapes = {tuple(t.shape) for t in (q_jt, q_jt_target, q_tilde_opt, q_jt_opt_detached, v_jt, q_tilde_taken,
+                                         q_jt_taken_detached, filled)}
+    if len(shapes) != 1:
+        raise MarlError(f"qtran_losses got inputs of different shapes {sorted(shapes)}", "pass all inputs as [B, T] (or all as [B])")
+    td = _masked_mean((q_jt - q_jt_target.detach()) ** 2, filled)
+    opt = _masked_mean((q_tilde_opt - q_jt_opt_detached.detach() + v_jt) ** 2, filled)
+    nopt_err = q_tilde_taken - q_jt_taken_detached.detach() + v_jt
+    nopt = _masked_mean(torch.clamp(nopt_err, max=0.0) ** 2, filled)
+    return {"td": td, "opt": opt, "nopt": nopt, "loss": td + lambda_opt * opt + lambda_nopt * nopt}

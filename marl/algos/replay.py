@@ -1,0 +1,205 @@
+"""Episode replay for off-policy value-based learners (EPyMARL-style padded episodes).
+
+`EpisodeReplay` keeps whole episodes padded to `max_len` with a `filled` mask in a ring
+buffer on one device. `EpisodeBuilder` cuts rollout segments ([T, E, ...] tensors with a
+`done[T, E]` flag, see ARCHITECTURE.md "Rollout batch") into completed episodes, keeping
+partial episodes across calls, and hands them to a replay.
+"""
+from __future__ import annotations
+
+from typing import Iterable, Mapping
+
+import torch
+from torch import Tensor
+
+from marl.core.errors import MarlError
+
+FILLED = "filled"
+
+
+class EpisodeReplay:
+    """Ring buffer of whole episodes, padded to `max_len`.
+
+    `fields` maps a name to (per-step shape, dtype); each stored episode is a dict of
+    [L, *shape] tensors with 1 <= L <= max_len. Storage is [capacity, max_len, *shape] per
+    field plus a bool `filled` [capacity, max_len] mask, all on `device`. When
+    `batch_size` is given, a capacity smaller than one batch is refused at construction.
+    """
+
+    def __init__(self, capacity_episodes: int, max_len: int, fields: Mapping[str, tuple[tuple[int, ...], torch.dtype]],
+                 device: str | torch.device = "cpu", batch_size: int | None = None):
+        if capacity_episodes < 1 or max_len < 1:
+            raise MarlError(f"replay needs capacity >= 1 and max_len >= 1, got {capacity_episodes} and {max_len}",
+                            "raise the buffer size / episode limit")
+        if FILLED in fields:
+            raise MarlError(f"replay field name '{FILLED}' is reserved for the padding mask", "rename that field")
+        self.capacity, self.max_len = int(capacity_episodes), int(max_len)
+        self.device = torch.device(device)
+        self.fields = {k: (tuple(int(d) for d in shape), dtype) for k, (shape, dtype) in fields.items()}
+        self.storage: dict[str, Tensor] = {
+            k: torch.zeros((self.capacity, self.max_len, *shape), dtype=dtype, device=self.device)
+            for k, (shape, dtype) in self.fields.items()
+        }
+        self.storage[FILLED] = torch.zeros((self.capacity, self.max_len), dtype=torch.bool, device=self.device)
+        self.lengths = torch.zeros(self.capacity, dtype=torch.long, device=self.device)
+        self.ptr, self.size = 0, 0
+        if batch_size is not None:
+            self.check_batch(batch_size)
+
+    def check_batch(self, batch_size: int) -> None:
+        """Raise MarlError when a batch of `batch_size` episodes can never be sampled."""
+        if batch_size > self.capacity:
+            raise MarlError(f"replay capacity of {self.capacity} episodes is smaller than the batch of {batch_size} episodes",
+                            "raise the buffer size or lower the batch size")
+
+    def __len__(self) -> int:
+        """Number of episodes stored (at most the capacity)."""
+        return self.size
+
+    def add(self, episode: Mapping[str, Tensor]) -> None:
+        """Store one episode (dict of [L, *shape] tensors, every field present), overwriting the oldest when full."""
+        missing = [k for k in self.fields if k not in episode]
+        if missing:
+            raise KeyError(f"episode lacks replay fields {missing}")
+        L = int(episode[next(iter(self.fields))].shape[0])
+        if not 1 <= L <= self.max_len:
+            raise MarlError(f"episode of length {L} does not fit the replay's max_len={self.max_len}",
+                            "set the replay's max_len to the env's episode limit")
+        slot = self.ptr
+        for k, (shape, dtype) in self.fields.items():
+            x = episode[k]
+            if tuple(x.shape) != (L, *shape):
+                raise ValueError(f"replay field '{k}' expects [L={L}, *{shape}], got {tuple(x.shape)}")
+            self.storage[k][slot].zero_()
+            self.storage[k][slot, :L] = x.to(device=self.device, dtype=dtype)
+        self.storage[FILLED][slot] = torch.arange(self.max_len, device=self.device) < L
+        self.lengths[slot] = L
+        self.ptr = (self.ptr + 1) % self.capacity
+        self.size = min(self.size + 1, self.capacity)
+
+    def sample(self, batch_size: int, generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        """Draw `batch_size` distinct episodes uniformly; dict of [B, T, ...] tensors.
+
+        T is the longest sampled episode; `filled` [B, T] (float32) marks real steps.
+        `generator` is a CPU torch.Generator (indices are drawn on the CPU).
+        """
+        self.check_batch(batch_size)
+        if batch_size > self.size:
+            raise MarlError(f"replay holds {self.size} episodes, fewer than the batch of {batch_size}",
+                            "start updates only once the buffer holds a batch")
+        idx = torch.randperm(self.size, generator=generator)[:batch_size].to(self.device)
+        T = int(self.lengths[idx].max().item())
+        out = {k: v[idx, :T] for k, v in self.storage.items()}
+        out[FILLED] = out[FILLED].float()
+        return out
+
+    def state_dict(self) -> dict:
+        """Everything needed to restore the buffer exactly (stored episodes, ring pointer)."""
+        n = self.size
+        return {
+            "capacity": self.capacity, "max_len": self.max_len, "ptr": self.ptr, "size": n,
+            "fields": {k: (shape, str(dtype)) for k, (shape, dtype) in self.fields.items()},
+            "storage": {k: v[:n].clone() for k, v in self.storage.items()},
+            "lengths": self.lengths[:n].clone(),
+        }
+
+    def load_state_dict(self, state: Mapping) -> None:
+        """Restore a buffer saved by `state_dict` (same capacity, max_len and fields)."""
+        mine = {k: (shape, str(dtype)) for k, (shape, dtype) in self.fields.items()}
+        theirs = {k: (tuple(shape), dtype) for k, (shape, dtype) in state["fields"].items()}
+        if (state["capacity"], state["max_len"], theirs) != (self.capacity, self.max_len, mine):
+            raise MarlError("replay checkpoint does not match this buffer (capacity, max_len or fields differ)",
+                            "resume with the configuration the run was started with")
+        n = int(state["size"])
+        for k, v in self.storage.items():
+            v.zero_()
+            v[:n] = state["storage"][k].to(self.device)
+        self.lengths.zero_()
+        self.lengths[:n] = state["lengths"].to(self.device)
+        self.ptr, self.size = int(state["ptr"]), n
+
+
+class EpisodeBuilder:
+    """Cuts rollout segments into completed episodes.
+
+    A segment is a dict of tensors with leading [T, E] axes plus `done[T, E]` (the env's
+    episode ended at step t). `keys` are the per-step fields copied into episodes. For each
+    name in `next_keys` (name -> key of its value after a done step, e.g.
+    {"obs": "final_obs", "state": "final_state"}) the episode also gets `next_<name>`: the
+    value after each step, i.e. `name[t+1]` inside the episode, the segment's `next_<name>`
+    [E, ...] after its last step, and `<final key>[t]` where the episode ended at t.
+    Episodes may span several consecutive segments; partial ones are kept between calls.
+    Completed episodes (dicts of [L, ...] tensors) are returned by `add` in order of their
+    last step (then env index) and, when a replay is given, added to it.
+    """
+
+    def __init__(self, num_envs: int, keys: Iterable[str], next_keys: Mapping[str, str] | None = None,
+                 replay: EpisodeReplay | None = None, max_len: int | None = None):
+        self.num_envs = int(num_envs)
+        self.keys = list(keys)
+        self.next_keys = dict(next_keys or {})
+        self.replay = replay
+        self.max_len = max_len if max_len is not None else (replay.max_len if replay is not None else None)
+        self.partial: list[list[dict[str, Tensor]]] = [[] for _ in range(self.num_envs)]
+
+    def _per_step(self, segment: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """The fields to store for every step of the segment, [T, E, ...]."""
+        done = segment["done"].bool()
+        out = {k: segment[k] for k in self.keys}
+        for name, final_key in self.next_keys.items():
+            x = segment[name]
+            nxt = torch.cat([x[1:], segment[f"next_{name}"].unsqueeze(0).to(x)], dim=0)
+            mask = done.view(*done.shape, *([1] * (x.dim() - 2)))
+            out[f"next_{name}"] = torch.where(mask, segment[final_key].to(x), nxt)
+        return out
+
+    def _length(self, e: int) -> int:
+        chunks = self.partial[e]
+        return sum(int(next(iter(c.values())).shape[0]) for c in chunks) if chunks else 0
+
+    def add(self, segment: Mapping[str, Tensor]) -> list[dict[str, Tensor]]:
+        """Take one rollout segment; return (and store in the replay) the episodes it completed."""
+        done = segment["done"].bool()
+        if done.dim() != 2 or done.shape[1] != self.num_envs:
+            raise ValueError(f"done must be [T, E={self.num_envs}], got {tuple(done.shape)}")
+        steps = self._per_step(segment)
+        T = done.shape[0]
+        ends: list[tuple[int, int]] = [(int(t), int(e)) for t, e in done.nonzero().tolist()]
+        ends.sort()
+        starts = [0] * self.num_envs
+        finished: list[dict[str, Tensor]] = []
+        for t, e in ends:
+            self.partial[e].append({k: v[starts[e]: t + 1, e] for k, v in steps.items()})
+            starts[e] = t + 1
+            episode = {k: torch.cat([c[k] for c in self.partial[e]], dim=0) for k in steps}
+            self.partial[e] = []
+            self._check_len(episode[next(iter(episode))].shape[0])
+            finished.append(episode)
+        for e in range(self.num_envs):
+            if starts[e] < T:
+                self.partial[e].append({k: v[starts[e]:, e].clone() for k, v in steps.items()})
+                self._check_len(self._length(e))
+        if self.replay is not None:
+            for episode in finished:
+                self.replay.add(episode)
+        return finished
+
+    def _check_len(self, length: int) -> None:
+        if self.max_len is not None and length > self.max_len:
+            raise MarlError(f"an episode ran {length} steps, past max_len={self.max_len}",
+                            "give the env a time limit no longer than the replay's max_len")
+
+    def state_dict(self) -> dict:
+        """The partial episodes, one dict of [L, ...] tensors (or None) per env."""
+        return {"partial": [
+            {k: torch.cat([c[k] for c in chunks], dim=0).clone() for k in chunks[0]} if chunks else None
+            for chunks in self.partial
+        ]}
+
+    def load_state_dict(self, state: Mapping) -> None:
+        """Restore the partial episodes saved by `state_dict`."""
+        partial = state["partial"]
+        if len(partial) != self.num_envs:
+            raise MarlError(f"episode builder checkpoint has {len(partial)} envs, this run has {self.num_envs}",
+                            "resume with the same number of envs")
+        self.partial = [[{k: v.clone() for k, v in p.items()}] if p is not None else [] for p in partial]

@@ -1,0 +1,88 @@
+#!/usr/bin/env python
+"""Benchmark: algorithms on mpe2 simple_spread_v3 (N=3, 25 steps, discrete), side by side
+with the raw env step rate and, optionally, EPyMARL (../shared/bench/epymarl/run.sh).
+
+Each of our runs is a separate `marl train` process, timed from the outside like the peer
+(wall time includes start-up and evaluation). Reported per run: wall seconds, training env
+steps/s (= steps / wall, EPyMARL's convention), greedy eval return over all 25 steps at
+the end, and score = 1 - R / R_random with R_random = -79.64 (25 steps).
+
+  python scripts/bench_spread.py --algos mappo,ippo --seeds 1,2,3 [--peer mappo,ippo] [--out bench-results]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "bench"
+RANDOM_RETURN_25 = -79.64
+RANDOM_RETURN_24 = -76.13
+
+
+def raw_env_rate(duration: float) -> float:
+    out = subprocess.run([sys.executable, str(SHARED / "env_throughput.py"), "--only", "mpe_parallel", "--duration", str(duration), "--repeats", "3"],
+                         capture_output=True, text=True, check=True).stdout
+    line = next(line for line in out.splitlines() if line.startswith("mpe_parallel"))
+    return float(line.split()[2].replace(",", ""))
+
+
+def ours(algo: str, seed: int, steps: int, out: Path, extra: list[str]) -> dict:
+    run_dir = out / f"marl_{algo}_seed{seed}"
+    cmd = [sys.executable, "-m", "marl.cli", "train", "--algo", algo, "--env", "mpe2/simple_spread_v3", "--steps", str(steps),
+           "--seed", str(seed), "--run-dir", str(run_dir), "--overwrite", "--wandb", "disabled", "--progress", "false", *extra]
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+    wall = time.perf_counter() - t0
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    curve = [(r["step"], r["eval/return_mean"]) for r in rows if "eval/return_mean" in r]
+    final = curve[-1][1]
+    return {"who": "marl", "algo": algo, "seed": seed, "wall_s": wall, "steps_per_s": steps / wall, "eval_return": final,
+            "score": 1 - final / RANDOM_RETURN_25, "curve": curve, "command": " ".join(cmd[1:])}
+
+
+def peer(algo: str, seed: int, steps: int, out: Path) -> dict:
+    env = {**os.environ, "ALG": algo, "SEED": str(seed), "T_MAX": str(steps), "OUT_DIR": str(out)}
+    subprocess.run(["bash", str(SHARED / "epymarl" / "run.sh")], check=True, env=env, stdout=subprocess.DEVNULL)
+    d = json.loads((out / f"epymarl_{algo}_seed{seed}.json").read_text())
+    final = d["final_test_return_mean_team"]
+    return {"who": "epymarl", "algo": algo, "seed": seed, "wall_s": d["wall_seconds"], "steps_per_s": d["train_env_steps_per_s"],
+            "eval_return": final, "score": 1 - final / RANDOM_RETURN_24, "command": f"ALG={algo} SEED={seed} T_MAX={steps} bash run.sh"}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--algos", default="mappo,ippo")
+    ap.add_argument("--peer", default="", help="EPyMARL algorithms to run too (needs run.sh's EPYMARL_SRC/SMACLITE_SRC or its cache)")
+    ap.add_argument("--seeds", default="1")
+    ap.add_argument("--steps", type=int, default=200_000)
+    ap.add_argument("--out", default="bench-results")
+    ap.add_argument("--extra", default="", help="extra flags for marl train, e.g. '--num-envs 16'")
+    args = ap.parse_args()
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    results = {"raw_env_steps_per_s_before": raw_env_rate(5.0), "runs": []}
+    print(f"raw env rate: {results['raw_env_steps_per_s_before']:,.0f} steps/s", flush=True)
+    for algo in [a for a in args.peer.split(",") if a]:
+        for seed in seeds:
+            r = peer(algo, seed, args.steps, out)
+            results["runs"].append(r)
+            print(f"epymarl {algo} seed {seed}: wall {r['wall_s']:.0f}s, {r['steps_per_s']:.0f} steps/s, eval {r['eval_return']:.2f} (24 steps), score {r['score']:.3f}", flush=True)
+    for algo in args.algos.split(","):
+        for seed in seeds:
+            r = ours(algo, seed, args.steps, out, args.extra.split())
+            results["runs"].append(r)
+            print(f"marl {algo} seed {seed}: wall {r['wall_s']:.0f}s, {r['steps_per_s']:.0f} steps/s, eval {r['eval_return']:.2f} (25 steps), score {r['score']:.3f}", flush=True)
+    results["raw_env_steps_per_s_after"] = raw_env_rate(5.0)
+    print(f"raw env rate after: {results['raw_env_steps_per_s_after']:,.0f} steps/s")
+    (out / "bench_spread.json").write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,330 @@
+"""The `marl` command end to end, with the real trainer on the tiny built-in env `builtin/identity`.
+
+Every user mistake must end in exit code 2 with ONE stderr line `error: <problem>; <fix>` and leave
+existing run files untouched. The envs below are real PettingZoo envs reached through the
+`module.path:factory` form (`tests.test_cli:...`, importable with the repo root on the path).
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from gymnasium import spaces
+from pettingzoo import ParallelEnv
+
+import envs
+from envs.builtin.identity import Identity
+from marl.algos import ALGOS
+from marl.algos.onpolicy import OnPolicyConfig
+from marl.checkpoint import latest_checkpoint, load_checkpoint
+from marl.cli import load_run_config, main
+from marl.config import TrainConfig
+from marl.configio import field_docs
+from marl.logging import read_metrics
+
+ROOT = Path(__file__).resolve().parent.parent
+HERE = "tests.test_cli"  # module path of the env factories below
+SMALL = ["--env", "builtin/identity", "--steps", "512", "--num-envs", "4", "--rollout-len", "16",
+         "--eval-interval", "256", "--eval-episodes", "4", "--wandb", "disabled", "--progress", "false",
+         "--device", "cpu"]
+
+
+# ----------------------------------------------------------------------------- real tiny envs
+class TupleActionEnv(ParallelEnv):
+    """A valid two-agent PettingZoo env whose actions are Tuple(Discrete(2), Discrete(3)): unsupported by marl."""
+
+    metadata = {"name": "tuple_action", "render_modes": []}
+    render_mode = None
+
+    def __init__(self, episode_len: int = 4):
+        self.possible_agents = ["agent_0", "agent_1"]
+        self.agents: list[str] = []
+        self.episode_len, self.t = episode_len, 0
+        self._obs = spaces.Box(0.0, 1.0, (2,), np.float32)
+        self._act = {a: spaces.Tuple((spaces.Discrete(2), spaces.Discrete(3))) for a in self.possible_agents}
+
+    def observation_space(self, agent):
+        return self._obs
+
+    def action_space(self, agent):
+        return self._act[agent]
+
+    def reset(self, seed=None, options=None):
+        self.agents, self.t = list(self.possible_agents), 0
+        return {a: np.zeros(2, np.float32) for a in self.agents}, {a: {} for a in self.agents}
+
+    def step(self, actions):
+        agents, self.t = self.agents, self.t + 1
+        done = self.t >= self.episode_len
+        self.agents = [] if done else agents
+        obs = {a: np.full(2, self.t / self.episode_len, np.float32) for a in agents}
+        rewards = {a: float(actions[a][0] == 1) + float(actions[a][1] == 2) for a in agents}
+        return obs, rewards, dict.fromkeys(agents, False), dict.fromkeys(agents, done), {a: {} for a in agents}
+
+
+class FlakyIdentity(Identity):
+    """builtin/identity whose step raises at step `fail_at` of the env's 2nd episode
+    (RuntimeError, or KeyboardInterrupt when `interrupt`, as a Ctrl-C during stepping)."""
+
+    def __init__(self, fail_at: int = 5, interrupt: bool = False, **kwargs):
+        super().__init__(**kwargs)
+        self.fail_at, self.interrupt, self.finished = fail_at, interrupt, 0
+
+    def step(self, actions):
+        if self.finished == 1 and self.t + 1 == self.fail_at:
+            if self.interrupt:
+                raise KeyboardInterrupt
+            raise RuntimeError("sensor glitch")
+        out = super().step(actions)
+        self.finished += not self.agents
+        return out
+
+
+# ----------------------------------------------------------------------------- helpers
+@pytest.fixture(autouse=True)
+def _keep_torch_threads():
+    threads = torch.get_num_threads()  # the trainer sets torch_threads for the whole process
+    yield
+    torch.set_num_threads(threads)
+
+
+def train(run_dir: Path, *extra: str) -> int:
+    return main(["train", *SMALL, "--run-dir", str(run_dir), *extra])
+
+
+def fails(capsys, argv: list[str], *expected: str) -> str:
+    """main(argv) exits 2 with one stderr line `error: problem; fix` holding every `expected` text."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2, argv
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    line = err[0]
+    assert line.startswith("error: ") and "; " in line, line  # the problem, then the fix
+    for text in expected:
+        assert text in line, (text, line)
+    return line
+
+
+def snapshot(run_dir: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(run_dir)): p.read_bytes() for p in sorted(run_dir.rglob("*")) if p.is_file()}
+
+
+def steps_of(run_dir: Path, key: str) -> list[int]:
+    return [r["step"] for r in read_metrics(run_dir) if key in r]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> Path:
+    """One real short run (512 steps, checkpoints every 128) shared by the read-only tests."""
+    run_dir = tmp_path_factory.mktemp("cli") / "run"
+    assert train(run_dir, "--checkpoint-interval", "128") == 0
+    return run_dir
+
+
+# ----------------------------------------------------------------------------- positive paths
+def test_train_help_lists_algorithms_env_forms_and_every_option(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["train", "--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    flat = " ".join(out.split())
+    for name in ("mappo", "ippo", "maa2c", "ia2c"):
+        assert name in ALGOS.names() and f"\n  {name} " in out and ALGOS.get(name).summary in flat
+    for form in envs.ENV_FORMS:
+        assert form.split()[0] in out
+    assert "builtin/identity" in out
+    for cls in (TrainConfig, OnPolicyConfig):
+        for name, doc in field_docs(cls).items():
+            flag = "--" + name.replace("_", "-")
+            first_words = " ".join(doc.split()[:4])
+            assert f"{flag} " in out and first_words in flat, (flag, first_words)
+
+
+def test_short_run_writes_config_metrics_and_checkpoint(run):
+    saved_run, saved_algo = load_run_config(run / "config.yaml")
+    assert (saved_run["algo"], saved_run["env"], saved_run["steps"]) == ("mappo", "builtin/identity", 512)
+    assert saved_algo["rollout_len"] == 16 and saved_algo["critic"] == "central"  # mappo preset kept
+    records = read_metrics(run)
+    assert all(isinstance(r["step"], int) and isinstance(r["time_s"], float) for r in records)
+    keys = set().union(*records)
+    assert {"train/return_mean", "eval/return_mean", "perf/steps_per_s", "loss/policy"} <= keys
+    assert steps_of(run, "eval/return_mean") == [0, 256, 512]
+    assert steps_of(run, "train/return_mean")[-1] == 512
+    ckpt = load_checkpoint(run)
+    assert ckpt["step"] == 512 and ckpt["updates"] == 8 and ckpt["config"]["train"]["steps"] == 512
+    assert latest_checkpoint(run).name == "latest.pt"
+
+
+def test_evaluate_run_dir_and_checkpoint_file(run, capsys):
+    capsys.readouterr()
+    for target in (run, run / "checkpoints" / "latest.pt"):
+        assert main(["evaluate", "--checkpoint", str(target), "--episodes", "4", "--device", "cpu"]) == 0
+        lines = dict(line.split(": ", 1) for line in capsys.readouterr().out.splitlines())
+        assert lines["eval/episodes"] == "4" and lines["eval/length_mean"] == "8"
+        assert 0.0 <= float(lines["eval/return_mean"]) <= 16.0  # 2 agents x 8 steps x reward <= 1
+        assert {"eval/return_agent_0", "eval/return_agent_1"} <= set(lines)
+
+
+def test_config_file_reproduces_a_run(run, tmp_path):
+    assert main(["train", "--config", str(run / "config.yaml"), "--run-dir", str(tmp_path / "again")]) == 0
+    old_run, old_algo = load_run_config(run / "config.yaml")
+    new_run, new_algo = load_run_config(tmp_path / "again" / "config.yaml")
+    assert {**old_run, "run_dir": ""} == {**new_run, "run_dir": ""} and old_algo == new_algo
+    # flags override the file
+    assert main(["train", "--config", str(run / "config.yaml"), "--run-dir", str(tmp_path / "b"),
+                 "--lr", "1e-3", "--steps", "128"]) == 0
+    b_run, b_algo = load_run_config(tmp_path / "b" / "config.yaml")
+    assert b_algo == {**old_algo, "lr": 1e-3} and b_run["steps"] == 128 and b_run["seed"] == old_run["seed"]
+
+
+def test_resume_with_more_steps_continues_from_the_checkpoint(tmp_path):
+    run_dir = tmp_path / "run"
+    assert train(run_dir, "--steps", "256", "--checkpoint-interval", "128") == 0
+    assert load_checkpoint(run_dir)["step"] == 256
+    assert main(["train", "--resume", "--run-dir", str(run_dir), "--steps", "512", "--progress", "false"]) == 0
+    ckpt = load_checkpoint(run_dir)
+    assert ckpt["step"] == 512 and ckpt["updates"] == 8  # 4 updates before, 4 after: not restarted from 0
+    for key in ("train/return_mean", "eval/return_mean", "loss/policy"):
+        steps = steps_of(run_dir, key)
+        assert steps == sorted(set(steps)) and steps[-1] == 512, (key, steps)  # increasing, no duplicates
+    assert steps_of(run_dir, "eval/return_mean") == [0, 256, 512]
+    saved_run, _ = load_run_config(run_dir / "config.yaml")
+    assert saved_run["steps"] == 512 and saved_run["checkpoint_interval"] == 128 and saved_run["resume"] is False
+    # the resumed run's config starts a fresh run elsewhere (it does not carry `resume: true` along)
+    assert main(["train", "--config", str(run_dir / "config.yaml"), "--run-dir", str(tmp_path / "copy"), "--steps", "128"]) == 0
+
+
+def test_sharing_groups_and_typed_flags_on_a_two_agent_env(tmp_path):
+    assert train(tmp_path / "run", "--algo", "ippo", "--sharing", "0,1", "--steps", "128", "--hidden", "32,16",
+                 "--env-kwargs", "n_actions=3,episode_len=4", "--norm-adv", "false") == 0
+    saved_run, saved_algo = load_run_config(tmp_path / "run" / "config.yaml")
+    assert saved_run["env_kwargs"] == {"n_actions": 3, "episode_len": 4}
+    assert (saved_algo["sharing"], saved_algo["hidden"], saved_algo["norm_adv"], saved_algo["critic"]) == ([0, 1], [32, 16], False, "local")
+    model = load_checkpoint(tmp_path / "run")["model"]
+    assert tuple(model["actor.body.net.0.weight"].shape) == (2, 3 + 2, 32)  # a weight set per group; obs + agent id
+    assert tuple(model["actor.body.net.4.weight"].shape) == (2, 16, 3)
+
+
+# ----------------------------------------------------------------------------- bad inputs: exit 2, one line
+BAD_INPUTS = {
+    "unknown algorithm": (["--algo", "no-such-algo"], ["unknown algorithm 'no-such-algo'", "mappo"]),
+    "unknown env": (["--env", "mpe2/simple_sprad_v3"], ["unknown env 'mpe2/simple_sprad_v3'", "did you mean mpe2/simple_spread_v3"]),
+    "zero lr": (["--lr", "0"], ["lr must be positive", "--lr"]),
+    "negative lr": (["--lr", "-0.001"], ["lr must be positive", "--lr"]),
+    "negative clip": (["--clip", "-0.1"], ["clip", ">= 0", "--clip"]),
+    "minibatches > rollout": (["--minibatches", "65"], ["minibatches (65) exceed the 64 samples", "--minibatches"]),
+    "zero steps": (["--steps", "0"], ["--steps must be > 0"]),
+    "unsupported spaces": (["--env", f"{HERE}:TupleActionEnv"], [f"env '{HERE}:TupleActionEnv'", "Tuple", "not supported", "Discrete"]),
+    "no cuda": (["--device", "cuda"], ["CUDA is not available", "--device cpu"]),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_input_exits_2_with_one_line_and_no_run_dir(case, tmp_path, capsys):
+    argv, expected = BAD_INPUTS[case]
+    if case == "no cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    fails(capsys, ["train", *SMALL, "--run-dir", str(tmp_path / "run"), *argv], *expected)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--steps", "lots"], "--steps expects int"), (["--norm-adv", "maybe"], "--norm-adv expects bool"),
+    (["--env-kwargs", "N"], "--env-kwargs expects dict"), (["--device", "tpu"], "device 'tpu' is not understood"),
+    (["--sharing", "0,1,2"], "sharing has 3 group ids but the env has 2 agents"),
+])
+def test_bad_flag_values_exit_2(argv, expected, tmp_path, capsys):
+    fails(capsys, ["train", *SMALL, "--run-dir", str(tmp_path / "run"), *argv], expected)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_tuple_env_is_a_valid_pettingzoo_env():
+    from pettingzoo.test import parallel_api_test
+
+    parallel_api_test(envs.make(f"{HERE}:TupleActionEnv"), num_cycles=10)  # the env is fine; marl refuses its spaces
+
+
+def test_missing_optional_dependency_names_the_extra(monkeypatch, tmp_path, capsys):
+    monkeypatch.setitem(sys.modules, "lbforaging", None)  # `import lbforaging` raises ImportError
+    fails(capsys, ["train", *SMALL, "--env", "lbforaging/Foraging-8x8-2p-3f-v3", "--run-dir", str(tmp_path / "run")],
+          "needs lbforaging", "pip install 'marl[lbf]'")
+    assert not (tmp_path / "run").exists()
+
+
+def test_existing_run_is_refused_and_untouched_then_overwritten(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    assert train(run_dir, "--steps", "128") == 0
+    before = snapshot(run_dir)
+    fails(capsys, ["train", *SMALL, "--run-dir", str(run_dir)], "already holds a run", "--resume", "--overwrite")
+    assert snapshot(run_dir) == before
+    assert train(run_dir, "--steps", "256", "--seed", "7", "--overwrite") == 0
+    assert steps_of(run_dir, "eval/return_mean") == [0, 256]  # the old log is gone, not appended to
+    assert load_run_config(run_dir / "config.yaml")[0]["seed"] == 7 and load_checkpoint(run_dir)["step"] == 256
+    assert not (run_dir / "checkpoints" / "step_128.pt").exists()
+    # the config of an overwritten run does not carry `overwrite: true`: reusing it cannot wipe a run
+    before = snapshot(run_dir)
+    fails(capsys, ["train", "--config", str(run_dir / "config.yaml")], f"run directory {run_dir} already holds a run")
+    assert snapshot(run_dir) == before
+
+
+def test_resume_without_a_checkpoint(run, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "config.yaml").write_bytes((run / "config.yaml").read_bytes())
+    fails(capsys, ["train", "--resume", "--run-dir", str(run_dir), "--steps", "1024"],
+          f"run directory {run_dir} has no checkpoint to resume from", "--overwrite")
+    assert snapshot(run_dir) == {"config.yaml": (run / "config.yaml").read_bytes()}
+    fails(capsys, ["train", "--resume", "--run-dir", str(tmp_path / "empty")], "holds no run to resume", "drop --resume")
+
+
+def test_corrupt_checkpoint_fails_resume_and_evaluate(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    assert train(run_dir, "--steps", "128") == 0
+    latest = latest_checkpoint(run_dir)
+    data = latest.read_bytes()
+    latest.write_bytes(data[: len(data) // 2])  # cut short in place
+    before = snapshot(run_dir)
+    fails(capsys, ["train", "--resume", "--run-dir", str(run_dir), "--steps", "256"],
+          f"checkpoint {latest} is corrupt", "checkpoints/latest.pt")
+    assert snapshot(run_dir) == before  # config.yaml and metrics.jsonl as they were
+    fails(capsys, ["evaluate", "--checkpoint", str(latest), "--device", "cpu"], f"checkpoint {latest} is corrupt")
+    fails(capsys, ["evaluate", "--checkpoint", str(tmp_path / "missing.pt")], "is missing")
+
+
+def test_env_raising_mid_episode_keeps_the_last_checkpoint(tmp_path):
+    """Through the real entry point (`python scripts/train.py`): exit 2 and exactly one stderr line."""
+    run_dir = tmp_path / "run"
+    argv = [sys.executable, str(ROOT / "scripts" / "train.py"), "train", *SMALL, "--run-dir", str(run_dir),
+            "--env", f"{HERE}:FlakyIdentity", "--env-kwargs", "episode_len=20,fail_at=5",
+            "--eval-interval", "0", "--checkpoint-interval", "64"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    err = proc.stderr.splitlines()
+    assert len(err) == 1 and err[0].startswith("error: "), proc.stderr
+    line = err[0]
+    # 16 steps per env per update: the 2nd episode (env steps 21..40) fails at its step 5 in the 2nd rollout
+    for text in (f"env '{HERE}:FlakyIdentity'", "RuntimeError: sensor glitch", "at episode step 5",
+                 "agents ['agent_0', 'agent_1']", "; fix the env"):
+        assert text in line, (text, line)
+    ckpt = load_checkpoint(latest_checkpoint(run_dir))
+    assert ckpt["step"] == 64 and ckpt["updates"] == 1
+    assert (run_dir / "config.yaml").is_file()
+
+
+def test_ctrl_c_while_stepping_exits_130_and_keeps_the_checkpoint(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    with pytest.raises(SystemExit) as info:
+        train(run_dir, "--env", f"{HERE}:FlakyIdentity", "--env-kwargs", "episode_len=20,fail_at=5,interrupt=true",
+              "--eval-interval", "0", "--checkpoint-interval", "64")
+    assert info.value.code == 130
+    assert f"--resume --run-dir {run_dir}" in capsys.readouterr().err
+    assert load_checkpoint(run_dir)["step"] == 64
