@@ -64,7 +64,7 @@ class Collector:
             for source in (inputs, {"actions": actions}, extras):
                 for k, v in source.items():
                     self._buffer(k, T, v)[t].copy_(v)
-            for k in ("reward", "terminated", "truncated", "done", "final_obs", "final_state"):
+            for k in ("reward", "terminated", "truncated", "done", "final_obs", "final_state", "final_avail"):
                 self._buffer(k, T, step[k])[t].copy_(step[k])
             self.last = {k: step[k].to(self.device, copy=True) for k in OBS_FIELDS}
             self.hidden = reset_hidden(self.hidden, self.last["alive"].new_tensor(arrays["done"]))

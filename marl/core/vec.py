@@ -23,7 +23,7 @@ from gymnasium.utils import EzPickle
 from marl.core.errors import EnvStepError, MarlError
 from marl.core.spec import Encoder, EnvSpec
 
-STEP_FIELDS = ("obs", "state", "avail", "alive", "reward", "terminated", "truncated", "done", "final_obs", "final_state")
+STEP_FIELDS = ("obs", "state", "avail", "alive", "reward", "terminated", "truncated", "done", "final_obs", "final_state", "final_avail")
 OBS_FIELDS = ("obs", "state", "avail", "alive")
 
 
@@ -65,6 +65,7 @@ def _buffers(spec: EnvSpec, e: int) -> dict[str, np.ndarray]:
         "done": np.zeros(e, bool),
         "final_obs": np.zeros((e, n, d), np.float32),
         "final_state": np.zeros((e, s), np.float32),
+        "final_avail": np.ones((e, n, a), bool),
     }
 
 
@@ -152,7 +153,7 @@ class _Envs:
             ended = b["terminated"][k] | b["truncated"][k]
             if ended.any():  # keep the observation after the last step for bootstrapping
                 enc = self.enc[k]
-                enc.obs({a: o for a, o in obs.items() if ended[index[a]]}, infos, b["final_obs"][k], b["avail"][k])
+                enc.obs({a: o for a, o in obs.items() if ended[index[a]]}, infos, b["final_obs"][k], b["final_avail"][k])
                 b["final_state"][k] = enc.state(env, b["final_obs"][k])
             if env.agents:
                 self._observe(k, obs, infos)
