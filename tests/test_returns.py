@@ -1,7 +1,7 @@
 """GAE and running normalisation against hand-computed values."""
 import torch
 
-from marl.algos.returns import RunningNorm, gae, normalize
+from marl.algos.returns import RunningNorm, gae, normalize, team_reward
 
 G, L = 0.9, 0.8
 
@@ -69,3 +69,10 @@ def test_running_norm_matches_batch_statistics():
     torch.testing.assert_close(norm.mean, data.mean(), atol=1e-4, rtol=0)
     torch.testing.assert_close(norm.var, data.var(unbiased=False), atol=1e-3, rtol=1e-4)
     torch.testing.assert_close(norm.denormalize(norm.normalize(data)), data, atol=1e-4, rtol=0)
+
+
+def test_team_reward_modes():
+    r = torch.tensor([[1.0, 2.0, 0.0]])
+    assert team_reward(r, "agent") is r
+    assert team_reward(r, "sum").tolist() == [[3.0, 3.0, 3.0]]
+    assert team_reward(r, "mean").tolist() == [[1.0, 1.0, 1.0]]

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from marl.algos.registry import ALGOS, AlgoEntry
-from marl.algos.returns import RunningNorm, gae, masked_mean, normalize
+from marl.algos.returns import RunningNorm, gae, masked_mean, normalize, team_reward
 from marl.core.errors import check
 from marl.core.spec import EnvSpec
 from marl.nets.dists import (
@@ -41,6 +41,8 @@ class OnPolicyConfig:
     """Discount factor."""
     gae_lambda: float = 0.95
     """GAE λ (1 = Monte-Carlo advantages, 0 = one-step TD)."""
+    reward: str = "agent"
+    """Reward each agent learns from: 'agent' (its own), 'sum' or 'mean' (the team's, a common reward)."""
     clip: float = 0.2
     """PPO ratio clip; 0 turns the surrogate into the plain policy gradient (A2C)."""
     value_clip: float = 0.0
@@ -80,6 +82,7 @@ class OnPolicyConfig:
         return self.critic == "central"
 
     def validate(self, spec: EnvSpec, rollout_envs: int) -> None:
+        check(self.reward in ("agent", "sum", "mean"), f"reward must be agent, sum or mean, got {self.reward!r}", "pass --reward agent|sum|mean")
         check(self.critic in ("local", "central"), f"critic must be 'local' or 'central', got {self.critic!r}", "pass --critic local or --critic central")
         for name in ("lr", "rollout_len", "epochs", "minibatches"):
             value = getattr(self, name)
@@ -201,7 +204,8 @@ class OnPolicyLearner(torch.nn.Module):
         cfg = self.cfg
         ended = b["terminated"] | b["truncated"] | b["done"].unsqueeze(-1)
         next_values = self._bootstrap_values(b)
-        adv, returns = gae(b["reward"], b["value"], next_values, b["terminated"], ended, cfg.gamma, cfg.gae_lambda)
+        rewards = team_reward(b["reward"], cfg.reward)
+        adv, returns = gae(rewards, b["value"], next_values, b["terminated"], ended, cfg.gamma, cfg.gae_lambda)
         mask = b["alive"]
         if cfg.value_norm:
             self.value_norm.update(returns[mask])

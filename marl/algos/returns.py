@@ -33,6 +33,15 @@ def gae(
     return adv, adv + values
 
 
+def team_reward(rewards: torch.Tensor, mode: str) -> torch.Tensor:
+    """Rewards [..., N] as each agent learns them: 'agent' keeps its own, 'sum'/'mean' give every
+    agent the team's sum/mean (agents not alive have reward 0, so they add nothing)."""
+    if mode == "agent":
+        return rewards
+    team = rewards.sum(-1, keepdim=True) if mode == "sum" else rewards.mean(-1, keepdim=True)
+    return team.expand_as(rewards)
+
+
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     mask = mask.to(x.dtype)
     return (x * mask).sum() / mask.sum().clamp_min(1.0)

@@ -264,6 +264,12 @@ class VecEnv:
                 episodes.append(ep)
         return self._gather([r[0] for r in replies]), episodes
 
+    def render(self, k: int = 0):
+        """Frame of env k (in-process envs only; the env must be built with a render_mode)."""
+        if self.workers:
+            raise MarlError("rendering needs in-process envs", "use --workers 0")
+        return self._local.envs[k].render()
+
     def get_state(self) -> list[bytes]:
         """Picklable snapshot of every env (for exact resume)."""
         if self.workers == 0:
