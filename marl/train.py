@@ -62,15 +62,15 @@ def _run_dir(cfg: TrainConfig) -> Path:
     return Path("runs") / f"{cfg.algo}-{env}-s{cfg.seed}"
 
 
-def _prepare_run_dir(path: Path, cfg: TrainConfig) -> None:
+def _check_run_dir(path: Path, cfg: TrainConfig) -> bool:
+    """Refuse a run directory that holds a run unless resuming or overwriting; True if it holds one."""
     holds_run = (path / "config.yaml").exists() or (path / "metrics.jsonl").exists()
     if cfg.resume:
         check(holds_run, f"run directory {path} holds no run to resume", "drop --resume to start a new run there")
-        return
-    if holds_run:
-        check(cfg.overwrite, f"run directory {path} already holds a run", "pass --resume to continue it, --overwrite to replace it, or another --run-dir")
-        shutil.rmtree(path)
-    path.mkdir(parents=True, exist_ok=True)
+    else:
+        check(not holds_run or cfg.overwrite, f"run directory {path} already holds a run",
+              "pass --resume to continue it, --overwrite to replace it, or another --run-dir")
+    return holds_run
 
 
 def _seed_everything(seed: int) -> None:
@@ -113,8 +113,8 @@ def train(cfg: TrainConfig, algo_cfg=None) -> dict:
     entry = ALGOS.get(cfg.algo)
     run_dir = _run_dir(cfg)
     resume_from = None
+    holds_run = _check_run_dir(run_dir, cfg)
     if cfg.resume:
-        _prepare_run_dir(run_dir, cfg)
         resume_from = latest_checkpoint(run_dir)
         check(resume_from is not None, f"run directory {run_dir} has no checkpoint to resume from", "start a new run with --overwrite")
         resume_ckpt = load_checkpoint(resume_from)  # a corrupt checkpoint fails here, before the run dir is touched
@@ -128,8 +128,9 @@ def train(cfg: TrainConfig, algo_cfg=None) -> dict:
     if cfg.torch_threads > 0:
         torch.set_num_threads(cfg.torch_threads)
     make_fn, vec, learner = build(cfg, algo_cfg, device)
-    if not cfg.resume:
-        _prepare_run_dir(run_dir, cfg)
+    if holds_run and not cfg.resume:  # --overwrite, and everything above validated: only now is the old run removed
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
     config = {"train": to_dict(cfg), "algo": {"name": cfg.algo, **to_dict(algo_cfg)}}
     # resume/overwrite are actions of this invocation, not settings: `--config <this file>` must not repeat them
     save_yaml(run_dir / "config.yaml", {"train": to_dict(replace(cfg, resume=False, overwrite=False)), "algo": to_dict(algo_cfg)})
