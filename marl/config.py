@@ -17,7 +17,7 @@ class TrainConfig:
     """Training budget in env steps (one joint step of one env counts once)."""
     seed: int = 1
     """Seed for envs, network initialisation and action sampling."""
-    num_envs: int = 8
+    num_envs: int = 16
     """Envs stepped together by the runner."""
     workers: int = 0
     """Worker processes for env stepping; 0 steps all envs in the training process."""

@@ -49,7 +49,7 @@ def test_continuous_actions_reach_the_target(tmp_path):
 
 def test_recurrent_policy_trains(tmp_path):
     out = _run(tmp_path, algo="mappo", env="builtin/identity", steps=12_000, eval_interval=12_000, seed=0,
-               algo_kw={"recurrent": True, "rollout_len": 32, "minibatches": 2})
+               algo_kw={"recurrent": True, "rollout_len": 32, "epochs": 4, "minibatches": 2})
     assert out["eval/return_mean"] >= 15.0, out
 
 
@@ -66,7 +66,7 @@ def test_same_seed_same_metrics(tmp_path):
     assert _metrics(tmp_path / "a") == _metrics(tmp_path / "b")
 
 
-@pytest.mark.parametrize("algo_kw", [{"rollout_len": 20}, {"rollout_len": 20, "recurrent": True}])
+@pytest.mark.parametrize("algo_kw", [{"rollout_len": 20}, {"rollout_len": 20, "recurrent": True, "epochs": 2}])
 def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, algo_kw):
     kw = dict(algo="mappo", env="mpe2/simple_spread_v3", env_kwargs={"max_cycles": 15}, eval_interval=1600, seed=4,
               checkpoint_interval=1600, log_interval=800, algo_kw=algo_kw)

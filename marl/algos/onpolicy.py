@@ -33,10 +33,12 @@ from marl.nets.sharing import resolve_groups
 class OnPolicyConfig:
     critic: str = "central"
     """Value critic input: 'local' (own observation: IA2C/IPPO) or 'central' (global state: MAA2C/MAPPO)."""
-    rollout_len: int = 100
+    rollout_len: int = 25
     """Steps collected from every env before each update."""
     lr: float = 5e-4
     """Adam learning rate of actor and critic."""
+    lr_anneal_steps: int = 0
+    """Anneal the learning rate linearly to 0 over this many env steps (0 = constant; set it to --steps to end at 0)."""
     gamma: float = 0.99
     """Discount factor."""
     gae_lambda: float = 0.95
@@ -47,9 +49,9 @@ class OnPolicyConfig:
     """PPO ratio clip; 0 turns the surrogate into the plain policy gradient (A2C)."""
     value_clip: float = 0.0
     """Clip of the value update around the old value (0 = off)."""
-    epochs: int = 4
+    epochs: int = 10
     """Passes over each rollout."""
-    minibatches: int = 1
+    minibatches: int = 2
     """Minibatches per epoch (split over env-steps; over envs when recurrent)."""
     ent_coef: float = 0.01
     """Entropy bonus weight."""
@@ -112,6 +114,7 @@ class OnPolicyLearner(torch.nn.Module):
         self.gen = torch.Generator(device=device)
         self.gen.manual_seed(seed)
         self.n = n
+        self.register_buffer("env_steps", torch.zeros((), dtype=torch.long))
 
     # -- acting -------------------------------------------------------------------------
     def _inputs(self, obs: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -215,6 +218,10 @@ class OnPolicyLearner(torch.nn.Module):
         if cfg.norm_adv:
             adv = normalize(adv, mask)
         T, E = b["reward"].shape[:2]
+        if cfg.lr_anneal_steps > 0:
+            for group in self.opt.param_groups:
+                group["lr"] = cfg.lr * max(0.0, 1.0 - float(self.env_steps) / cfg.lr_anneal_steps)
+        self.env_steps += T * E
         h0 = b.get("hidden0")
         stats: dict[str, list[float]] = {}
         for _ in range(cfg.epochs):
@@ -267,5 +274,5 @@ def _entry(preset: dict, summary: str) -> AlgoEntry:
 
 ALGOS.register("mappo", _entry({"critic": "central"}, "PPO with a centralised value critic on the global state (Yu et al. 2022)"))
 ALGOS.register("ippo", _entry({"critic": "local"}, "independent PPO: per-agent critics on local observations (de Witt et al. 2020)"))
-ALGOS.register("maa2c", _entry({"critic": "central", "clip": 0.0, "epochs": 1, "value_norm": False}, "advantage actor-critic with a centralised value critic"))
-ALGOS.register("ia2c", _entry({"critic": "local", "clip": 0.0, "epochs": 1, "value_norm": False}, "independent advantage actor-critic"))
+ALGOS.register("maa2c", _entry({"critic": "central", "clip": 0.0, "epochs": 1, "minibatches": 1, "value_norm": False}, "advantage actor-critic with a centralised value critic"))
+ALGOS.register("ia2c", _entry({"critic": "local", "clip": 0.0, "epochs": 1, "minibatches": 1, "value_norm": False}, "independent advantage actor-critic"))
