@@ -33,7 +33,7 @@ class TrainConfig:
     """Evaluate the greedy policy every this many env steps (0 disables)."""
     eval_episodes: int = 32
     """Episodes per evaluation."""
-    eval_num_envs: int = 8
+    eval_num_envs: int = 20
     """Envs used for evaluation."""
     checkpoint_interval: int = 50_000
     """Write a checkpoint every this many env steps (and always at the end)."""

@@ -120,6 +120,7 @@ def train(cfg: TrainConfig, algo_cfg=None) -> dict:
         resume_ckpt = load_checkpoint(resume_from)  # a corrupt checkpoint fails here, before the run dir is touched
         saved = load_yaml(run_dir / "config.yaml")
         cfg = replace(from_dict(TrainConfig, saved["train"]), resume=True, steps=max(cfg.steps, saved["train"]["steps"]))
+        entry = ALGOS.get(cfg.algo)  # the run's own algorithm, whatever the resuming call named
         algo_cfg = from_dict(entry.config, saved["algo"])
     algo_cfg = algo_cfg if algo_cfg is not None else entry.make_config()
     for name in ("num_envs", "eval_episodes", "eval_num_envs"):

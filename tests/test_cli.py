@@ -223,6 +223,9 @@ BAD_INPUTS = {
     "zero steps": (["--steps", "0"], ["--steps must be > 0"]),
     "unsupported spaces": (["--env", f"{HERE}:TupleActionEnv"], [f"env '{HERE}:TupleActionEnv'", "Tuple", "not supported", "Discrete"]),
     "no cuda": (["--device", "cuda"], ["CUDA is not available", "--device cpu"]),
+    "algorithm that cannot handle the env's action space": (
+        ["--algo", "qmix", "--env", "builtin/target"],
+        ["qmix cannot handle the continuous actions of env 'builtin/target'", "pick an algorithm for continuous actions"]),
 }
 
 

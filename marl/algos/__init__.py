@@ -1,5 +1,6 @@
 """Algorithms. Importing this package registers every built-in algorithm in ALGOS."""
 from marl.algos.registry import ALGOS, AlgoEntry
 from marl.algos import onpolicy  # noqa: F401  (registers ia2c, ippo, maa2c, mappo)
+from marl.algos import qlearning  # noqa: F401  (registers idqn, vdn, qmix, qtran)
 
 __all__ = ["ALGOS", "AlgoEntry"]

@@ -24,27 +24,39 @@ class EpisodeReplay:
     [L, *shape] tensors with 1 <= L <= max_len. Storage is [capacity, max_len, *shape] per
     field plus a bool `filled` [capacity, max_len] mask, all on `device`. When
     `batch_size` is given, a capacity smaller than one batch is refused at construction.
+
+    `max_len=None` (the env's episode limit is not known): the time axis is sized by the
+    first episode and grows (to at least twice its size) when a longer episode arrives, so
+    memory follows the longest episode seen; sampling cost follows the sampled episodes.
     """
 
-    def __init__(self, capacity_episodes: int, max_len: int, fields: Mapping[str, tuple[tuple[int, ...], torch.dtype]],
+    def __init__(self, capacity_episodes: int, max_len: int | None, fields: Mapping[str, tuple[tuple[int, ...], torch.dtype]],
                  device: str | torch.device = "cpu", batch_size: int | None = None):
-        if capacity_episodes < 1 or max_len < 1:
+        if capacity_episodes < 1 or (max_len is not None and max_len < 1):
             raise MarlError(f"replay needs capacity >= 1 and max_len >= 1, got {capacity_episodes} and {max_len}",
                             "raise the buffer size / episode limit")
         if FILLED in fields:
             raise MarlError(f"replay field name '{FILLED}' is reserved for the padding mask", "rename that field")
-        self.capacity, self.max_len = int(capacity_episodes), int(max_len)
+        self.growable = max_len is None
+        self.capacity, self.max_len = int(capacity_episodes), 0 if max_len is None else int(max_len)
         self.device = torch.device(device)
         self.fields = {k: (tuple(int(d) for d in shape), dtype) for k, (shape, dtype) in fields.items()}
-        self.storage: dict[str, Tensor] = {
-            k: torch.zeros((self.capacity, self.max_len, *shape), dtype=dtype, device=self.device)
-            for k, (shape, dtype) in self.fields.items()
-        }
-        self.storage[FILLED] = torch.zeros((self.capacity, self.max_len), dtype=torch.bool, device=self.device)
+        self.storage: dict[str, Tensor] = {}
+        self._allocate(self.max_len)
         self.lengths = torch.zeros(self.capacity, dtype=torch.long, device=self.device)
         self.ptr, self.size = 0, 0
         if batch_size is not None:
             self.check_batch(batch_size)
+
+    def _allocate(self, max_len: int) -> None:
+        """(Re)allocate storage with a time axis of `max_len`, keeping what is stored."""
+        old, self.max_len = self.storage, int(max_len)
+        specs = {**self.fields, FILLED: ((), torch.bool)}
+        self.storage = {k: torch.zeros((self.capacity, self.max_len, *shape), dtype=dtype, device=self.device)
+                        for k, (shape, dtype) in specs.items()}
+        for k, v in old.items():
+            keep = min(v.shape[1], self.max_len)
+            self.storage[k][:, :keep] = v[:, :keep]
 
     def check_batch(self, batch_size: int) -> None:
         """Raise MarlError when a batch of `batch_size` episodes can never be sampled."""
@@ -62,6 +74,8 @@ class EpisodeReplay:
         if missing:
             raise KeyError(f"episode lacks replay fields {missing}")
         L = int(episode[next(iter(self.fields))].shape[0])
+        if self.growable and L > self.max_len:
+            self._allocate(max(L, 2 * self.max_len))
         if not 1 <= L <= self.max_len:
             raise MarlError(f"episode of length {L} does not fit the replay's max_len={self.max_len}",
                             "set the replay's max_len to the env's episode limit")
@@ -104,12 +118,16 @@ class EpisodeReplay:
         }
 
     def load_state_dict(self, state: Mapping) -> None:
-        """Restore a buffer saved by `state_dict` (same capacity, max_len and fields)."""
+        """Restore a buffer saved by `state_dict` (same capacity, max_len and fields; a growable
+        buffer takes the saved max_len)."""
         mine = {k: (shape, str(dtype)) for k, (shape, dtype) in self.fields.items()}
         theirs = {k: (tuple(shape), dtype) for k, (shape, dtype) in state["fields"].items()}
-        if (state["capacity"], state["max_len"], theirs) != (self.capacity, self.max_len, mine):
+        max_len = state["max_len"] if self.growable else self.max_len
+        if (state["capacity"], state["max_len"], theirs) != (self.capacity, max_len, mine):
             raise MarlError("replay checkpoint does not match this buffer (capacity, max_len or fields differ)",
                             "resume with the configuration the run was started with")
+        if max_len != self.max_len:
+            self._allocate(max_len)
         n = int(state["size"])
         for k, v in self.storage.items():
             v.zero_()
@@ -139,7 +157,7 @@ class EpisodeBuilder:
         self.keys = list(keys)
         self.next_keys = dict(next_keys or {})
         self.replay = replay
-        self.max_len = max_len if max_len is not None else (replay.max_len if replay is not None else None)
+        self.max_len = max_len if max_len is not None else (replay.max_len if replay is not None and not replay.growable else None)
         self.partial: list[list[dict[str, Tensor]]] = [[] for _ in range(self.num_envs)]
 
     def _per_step(self, segment: Mapping[str, Tensor]) -> dict[str, Tensor]:

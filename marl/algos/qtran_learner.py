@@ -1,0 +1,60 @@
+"""QTRAN-base as a value head of the Q-learner (`--algo qtran`, i.e. `mixer="qtran"`).
+
+The per-agent utilities Q_i come from the same agent networks as IDQN/VDN/QMIX (see
+`marl.algos.qlearning`); this head adds the joint action-value network Q_jt(s, tau, u)
+and the state-value network V_jt(s) of Son et al. (2019) and trains all three with the
+paper's losses (`marl.algos.qtran.qtran_losses`):
+
+    L_td   = (Q_jt(s, tau, u) - y)^2,   y = r + gamma Q_jt^target(s', tau', u_bar')
+    L_opt  = (sum_i max_u Q_i - Q_jt(s, tau, u_bar) + V_jt(s))^2          (Q_jt held fixed)
+    L_nopt = min(sum_i Q_i(u_i) - Q_jt(s, tau, u) + V_jt(s), 0)^2          (Q_jt held fixed)
+
+u_bar is the greedy joint action of the utilities over available actions; u_bar' at the
+next step likewise (from the online utilities with double Q, else from the target ones).
+The per-agent features fed to Q_jt are the agent-network inputs (observation plus the
+one-hot agent id when `agent_id`), so Q_jt sees (s, o_1..o_N, u_1..u_N).
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from marl.algos.qtran import QTranJoint, QTranV, qtran_losses
+
+
+def _one_hot(actions: Tensor, n: int, dtype: torch.dtype) -> Tensor:
+    return torch.nn.functional.one_hot(actions.long(), n).to(dtype)
+
+
+class QTranHead(nn.Module):
+    """Q_jt and V_jt with the QTRAN-base losses; `loss(target, c, targets_fn)` like `MixerHead`."""
+
+    per_agent = False
+
+    def __init__(self, cfg, spec, feat_dim: int):
+        super().__init__()
+        self.n_actions = spec.n_actions
+        self.lambda_opt, self.lambda_nopt = cfg.lambda_opt, cfg.lambda_nopt
+        self.joint = QTranJoint(spec.n_agents, spec.state_dim, feat_dim, spec.n_actions, embed_dim=cfg.qtran_embed,
+                                encode_dim=cfg.qtran_embed)
+        self.v = QTranV(spec.state_dim, embed_dim=cfg.qtran_embed)
+
+    def loss(self, target: "QTranHead", c: dict, targets_fn) -> dict[str, Tensor]:
+        A, B = self.n_actions, c["q_taken"].shape[0]
+        feats, state, alive = c["feats"][:, :-1], c["state"][:, :-1], c["alive"].to(c["q_taken"].dtype)
+        # Q_jt at the taken and at the greedy joint action, in one pass
+        both = self.joint(torch.cat([state, state]), torch.cat([feats, feats]),
+                          torch.cat([_one_hot(c["actions"], A, feats.dtype), _one_hot(c["greedy"], A, feats.dtype)]))
+        q_jt, q_jt_opt = both.split(B)
+        with torch.no_grad():
+            next_jt = target.joint(c["state"][:, 1:], c["feats"][:, 1:], _one_hot(c["next_actions"], A, feats.dtype))
+            y = targets_fn(c["reward"], next_jt, c["terminated"], c["filled"])
+        parts = qtran_losses(
+            q_jt=q_jt, q_jt_target=y,
+            q_tilde_opt=(c["q_greedy"] * alive).sum(-1), q_jt_opt_detached=q_jt_opt.detach(),
+            v_jt=self.v(state),
+            q_tilde_taken=(c["q_taken"] * alive).sum(-1), q_jt_taken_detached=q_jt.detach(),
+            filled=c["filled"], lambda_opt=self.lambda_opt, lambda_nopt=self.lambda_nopt,
+        )
+        return {"loss": parts["loss"], "td": parts["td"], "opt": parts["opt"], "nopt": parts["nopt"],
+                "q": q_jt, "target": y, "mask": c["filled"]}
