@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from marl.algos.optim import adam
 from marl.algos.registry import ALGOS, AlgoEntry
 from marl.algos.returns import RunningNorm, gae, masked_mean, normalize, team_reward
 from marl.core.errors import check
@@ -110,7 +111,7 @@ class OnPolicyLearner(torch.nn.Module):
             self.register_buffer("groups", groups)
         self.value_norm = RunningNorm()
         self.to(device)
-        self.opt = torch.optim.Adam(self.parameters(), lr=config.lr, eps=1e-5)
+        self.opt = adam(self.parameters(), config.lr, eps=1e-5)
         self.gen = torch.Generator(device=device)
         self.gen.manual_seed(seed)
         self.n = n

@@ -36,6 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from marl.algos.mixers import MIXERS
+from marl.algos.optim import OPTIMISERS
 from marl.algos.qtran_learner import QTranHead
 from marl.algos.registry import ALGOS, AlgoEntry
 from marl.algos.replay import EpisodeBuilder, EpisodeReplay
@@ -166,12 +167,6 @@ class QConfig:
             check(self.allow_state_fallback, f"mixer '{self.mixer}' needs a global state but env '{spec.name}' has no state()",
                   "pass --allow-state-fallback true to use the concatenated observations, or use an env with state()")
         resolve_groups(self.sharing, spec.n_agents)
-
-
-OPTIMISERS = {
-    "adam": lambda params, lr: torch.optim.Adam(params, lr=lr),
-    "rmsprop": lambda params, lr: torch.optim.RMSprop(params, lr=lr, alpha=0.99, eps=1e-5),
-}
 
 
 # ----------------------------------------------------------------------------- pure pieces
