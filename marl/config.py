@@ -19,8 +19,8 @@ class TrainConfig:
     """Seed for envs, network initialisation and action sampling."""
     num_envs: int = 16
     """Envs stepped together by the runner."""
-    workers: int = 0
-    """Worker processes for env stepping; 0 steps all envs in the training process."""
+    workers: int = 2
+    """Worker processes for env stepping (at most num_envs); 0 steps all envs in the training process. 2 was fastest on 2 cores (BENCHMARKS.md)."""
     device: str = "auto"
     """Learner device: auto (cuda when available), cpu, cuda or cuda:N."""
     run_dir: str = ""

@@ -163,7 +163,7 @@ def train(cfg: TrainConfig, algo_cfg=None) -> dict:
     def evaluation() -> dict:
         nonlocal eval_vec
         if eval_vec is None:
-            eval_vec = VecEnv(make_fn, cfg.eval_num_envs, seed=cfg.seed + EVAL_SEED_OFFSET)
+            eval_vec = VecEnv(make_fn, cfg.eval_num_envs, seed=cfg.seed + EVAL_SEED_OFFSET, workers=cfg.workers)
         eps = run_episodes(eval_vec, learner, cfg.eval_episodes, device, seed=cfg.seed + EVAL_SEED_OFFSET)
         return episode_metrics("eval", eps, vec.spec.agents)
 

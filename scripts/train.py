@@ -1,3 +1,10 @@
-import os, sys; sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # noqa: E401
-from marl.cli import main  # noqa: E402
-raise SystemExit(main())
+"""`python scripts/train.py ...` is `marl ...` (same code, for a checkout that is not pip-installed)."""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+if __name__ == "__main__":  # env worker processes import this file again: only the parent trains
+    from marl.cli import main
+
+    raise SystemExit(main())

@@ -326,8 +326,9 @@ def test_env_raising_mid_episode_keeps_the_last_checkpoint(tmp_path):
 def test_ctrl_c_while_stepping_exits_130_and_keeps_the_checkpoint(tmp_path, capsys):
     run_dir = tmp_path / "run"
     with pytest.raises(SystemExit) as info:
+        # the env raises KeyboardInterrupt itself, so it must run in this process (--workers 0)
         train(run_dir, "--env", f"{HERE}:FlakyIdentity", "--env-kwargs", "episode_len=20,fail_at=5,interrupt=true",
-              "--eval-interval", "0", "--checkpoint-interval", "64")
+              "--eval-interval", "0", "--checkpoint-interval", "64", "--workers", "0")
     assert info.value.code == 130
     assert f"--resume --run-dir {run_dir}" in capsys.readouterr().err
     assert load_checkpoint(run_dir)["step"] == 64

@@ -14,6 +14,7 @@ import copyreg
 import io
 import multiprocessing as mp
 import pickle
+import signal
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -177,6 +178,7 @@ class _Envs:
 
 
 def _worker(conn, make_fn, num_envs, seed, spec):
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the training process's to handle
     envs = _Envs(make_fn, num_envs, seed, spec)
     try:
         while True:
@@ -207,8 +209,9 @@ class VecEnv:
     def __init__(self, make_fn: Callable[[], Any], num_envs: int, seed: int = 0, workers: int = 0):
         if num_envs < 1:
             raise MarlError(f"num_envs must be at least 1, got {num_envs}", "pass --num-envs 1 or more")
-        if workers < 0 or workers > num_envs:
-            raise MarlError(f"workers must be between 0 and num_envs ({num_envs}), got {workers}", "pass --workers 0 to step envs in-process")
+        if workers < 0:
+            raise MarlError(f"workers must be >= 0, got {workers}", "pass --workers 0 to step envs in-process")
+        workers = min(workers, num_envs)
         self.num_envs, self.workers = num_envs, workers
         probe = make_fn()
         self.spec = EnvSpec.from_env(probe, name=getattr(make_fn, "env_name", ""))
@@ -232,9 +235,13 @@ class VecEnv:
         self._buf = _buffers(self.spec, num_envs)
 
     def _call(self, cmd: str, args: list) -> list:
-        for conn, arg in zip(self._conns, args):
-            conn.send((cmd, arg))
-        replies = [conn.recv() for conn in self._conns]
+        try:
+            for conn, arg in zip(self._conns, args):
+                conn.send((cmd, arg))
+            replies = [conn.recv() for conn in self._conns]
+        except (EOFError, OSError) as err:
+            raise EnvStepError(f"an env worker process of '{self.spec.name}' exited unexpectedly ({type(err).__name__})",
+                               "run with --workers 0 to see the env's own error") from err
         for status, value in replies:
             if status == "error":
                 raise value
