@@ -215,16 +215,7 @@ def _add_evaluate(sub) -> None:
 
 
 def _cmd_evaluate(ns: argparse.Namespace) -> int:
-    from marl.checkpoint import latest_checkpoint
-
-    path = Path(ns.checkpoint)
-    if path.is_dir():
-        found = latest_checkpoint(path)
-        if found is None:
-            raise MarlError(f"no checkpoint in {path}", "train first, or pass --checkpoint <run_dir>/checkpoints/latest.pt")
-        path = found
-    if not path.is_file():
-        raise MarlError(f"checkpoint {path} is missing", "check the path; runs keep them in <run_dir>/checkpoints/")
+    path = Path(ns.checkpoint)  # a checkpoint file or a run directory: load_checkpoint resolves and checks it
     positive("episodes", ns.episodes)
     device = check_device(ns.device)
     from marl.train import evaluate
