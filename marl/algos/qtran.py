@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from marl.algos.returns import masked_mean
 from marl.core.errors import MarlError
 
 
@@ -72,12 +73,6 @@ class QTranV(nn.Module):
         return self.net(state).squeeze(-1)
 
 
-def _masked_mean(x: Tensor, mask: Tensor) -> Tensor:
-    """Mean of x over the entries where mask is 1 (0 when the mask is empty)."""
-    mask = mask.to(x.dtype)
-    return (x * mask).sum() / mask.sum().clamp(min=1.0)
-
-
 def qtran_losses(q_jt: Tensor, q_jt_target: Tensor, q_tilde_opt: Tensor, q_jt_opt_detached: Tensor, v_jt: Tensor,
                  q_tilde_taken: Tensor, q_jt_taken_detached: Tensor, filled: Tensor,
                  lambda_opt: float = 1.0, lambda_nopt: float = 1.0) -> dict[str, Tensor]:
@@ -94,8 +89,8 @@ def qtran_losses(q_jt: Tensor, q_jt_target: Tensor, q_tilde_opt: Tensor, q_jt_op
                                          q_jt_taken_detached, filled)}
     if len(shapes) != 1:
         raise MarlError(f"qtran_losses got inputs of different shapes {sorted(shapes)}", "pass all inputs as [B, T] (or all as [B])")
-    td = _masked_mean((q_jt - q_jt_target.detach()) ** 2, filled)
-    opt = _masked_mean((q_tilde_opt - q_jt_opt_detached.detach() + v_jt) ** 2, filled)
+    td = masked_mean((q_jt - q_jt_target.detach()) ** 2, filled)
+    opt = masked_mean((q_tilde_opt - q_jt_opt_detached.detach() + v_jt) ** 2, filled)
     nopt_err = q_tilde_taken - q_jt_taken_detached.detach() + v_jt
-    nopt = _masked_mean(torch.clamp(nopt_err, max=0.0) ** 2, filled)
+    nopt = masked_mean(torch.clamp(nopt_err, max=0.0) ** 2, filled)
     return {"td": td, "opt": opt, "nopt": nopt, "loss": td + lambda_opt * opt + lambda_nopt * nopt}
