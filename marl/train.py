@@ -26,6 +26,7 @@ from marl.core.vec import EpisodeStats, VecEnv
 from marl.logging import RunLogger, config_group
 
 EVAL_SEED_OFFSET = 1_000_003
+MAX_EVAL_ENVS = 128
 
 
 def resolve_device(name: str) -> torch.device:
@@ -123,7 +124,8 @@ def train(cfg: TrainConfig, algo_cfg=None) -> dict:
         entry = ALGOS.get(cfg.algo)  # the run's own algorithm, whatever the resuming call named
         algo_cfg = from_dict(entry.config, saved["algo"])
     algo_cfg = algo_cfg if algo_cfg is not None else entry.make_config()
-    for name in ("num_envs", "eval_episodes", "eval_num_envs"):
+    check(cfg.eval_num_envs >= 0, f"eval_num_envs must be >= 0, got {cfg.eval_num_envs}", "pass --eval-num-envs 0 (one env per episode) or more")
+    for name in ("num_envs", "eval_episodes"):
         check(getattr(cfg, name) >= 1, f"{name} must be at least 1, got {getattr(cfg, name)}", f"pass --{name.replace('_', '-')} 1 or more")
     device = resolve_device(cfg.device)
     if cfg.torch_threads > 0:
@@ -163,7 +165,7 @@ def train(cfg: TrainConfig, algo_cfg=None) -> dict:
     def evaluation() -> dict:
         nonlocal eval_vec
         if eval_vec is None:
-            eval_vec = VecEnv(make_fn, cfg.eval_num_envs, seed=cfg.seed + EVAL_SEED_OFFSET, workers=cfg.workers)
+            eval_vec = VecEnv(make_fn, cfg.eval_num_envs or min(cfg.eval_episodes, MAX_EVAL_ENVS), seed=cfg.seed + EVAL_SEED_OFFSET, workers=cfg.workers)
         eps = run_episodes(eval_vec, learner, cfg.eval_episodes, device, seed=cfg.seed + EVAL_SEED_OFFSET)
         return episode_metrics("eval", eps, vec.spec.agents)
 

@@ -18,12 +18,43 @@ def _run(tmp_path, name="run", **kw):
     return train(cfg, ALGOS.get(cfg.algo).make_config(**algo_kw))
 
 
-@pytest.mark.parametrize("algo", ["ippo", "mappo", "ia2c", "maa2c"])
-def test_learns_identity_task(tmp_path, algo):
-    """Each agent must name its own target: random play scores ~4 of 16."""
+@pytest.mark.parametrize("algo,reward", [("ippo", "agent"), ("mappo", "agent"), ("ia2c", "agent"), ("maa2c", "agent"),
+                                         ("mappo", "sum"), ("maa2c", "sum")])
+def test_learns_identity_task(tmp_path, algo, reward):
+    """Each agent must name its own target: random play scores ~4 of 16. With the team reward
+    (sum) the central critics learn one value per env step."""
     kw = {"rollout_len": 16, "lr": 3e-3} if algo.endswith("a2c") else {"rollout_len": 32}
-    out = _run(tmp_path, algo=algo, env="builtin/identity", steps=16_000, eval_interval=16_000, seed=3, algo_kw=kw)
+    out = _run(tmp_path, algo=algo, env="builtin/identity", steps=16_000, eval_interval=16_000, seed=3,
+               algo_kw={**kw, "reward": reward})
     assert out["eval/return_mean"] >= 15.0, out
+
+
+@pytest.mark.parametrize("recurrent", [False, True])
+def test_team_value_critic_takes_the_state_once(recurrent):
+    """Central critic + team reward: no agent id, one value per env step shared by all agents;
+    with per-agent rewards each agent keeps its own value (agent id appended)."""
+    import envs
+    from marl.core.rollout import to_tensors
+    from marl.core.vec import VecEnv
+
+    vec = VecEnv(envs.make_factory("mpe2/simple_spread_v3"), 4, seed=0)
+    spec, inputs = vec.spec, to_tensors(vec.reset(), torch.device("cpu"))
+    entry = ALGOS.get("mappo")
+    team = entry.learner(entry.make_config(reward="sum", recurrent=recurrent), spec, torch.device("cpu"))
+    own = entry.learner(entry.make_config(reward="agent", recurrent=recurrent), spec, torch.device("cpu"))
+    first = lambda net: next(p for n, p in net.named_parameters() if "weight" in n)  # noqa: E731
+    assert first(team.critic).shape[-2] == spec.state_dim
+    assert first(own.critic).shape[-2] == spec.state_dim + spec.n_agents
+    _, _, extras = team.act(inputs, team.initial_hidden(4), explore=True)
+    v = extras["value"]
+    assert v.shape == (4, spec.n_agents) and torch.equal(v, v[:, :1].expand_as(v))
+    moved = {**inputs, "obs": inputs["obs"] + 1.0}  # the team critic reads the state only
+    assert torch.equal(team.act(moved, team.initial_hidden(4), explore=True)[2]["value"], v)
+    _, _, extras = own.act(inputs, own.initial_hidden(4), explore=True)
+    assert not torch.equal(extras["value"], extras["value"][:, :1].expand_as(extras["value"]))
+    greedy = team.act(inputs, team.initial_hidden(4), explore=False)[2]
+    assert "value" not in greedy  # evaluation skips the critic
+    vec.close()
 
 
 @pytest.mark.parametrize("sharing", ["none", [1, 0]])
@@ -66,7 +97,7 @@ def test_same_seed_same_metrics(tmp_path):
     assert _metrics(tmp_path / "a") == _metrics(tmp_path / "b")
 
 
-@pytest.mark.parametrize("algo_kw", [{"rollout_len": 20}, {"rollout_len": 20, "recurrent": True, "epochs": 2}])
+@pytest.mark.parametrize("algo_kw", [{"rollout_len": 20}, {"rollout_len": 20, "recurrent": True, "epochs": 2, "reward": "sum"}])
 def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, algo_kw):
     kw = dict(algo="mappo", env="mpe2/simple_spread_v3", env_kwargs={"max_cycles": 15}, eval_interval=1600, seed=4,
               checkpoint_interval=1600, log_interval=800, algo_kw=algo_kw)

@@ -84,6 +84,13 @@ class OnPolicyConfig:
     def needs_state(self) -> bool:
         return self.critic == "central"
 
+    @property
+    def team_value(self) -> bool:
+        """A central critic with a team reward learns one value per env step: every agent has
+        the same return, so the critic takes the state without an agent id and runs once per
+        env step instead of once per agent."""
+        return self.critic == "central" and self.reward != "agent"
+
     def validate(self, spec: EnvSpec, rollout_envs: int) -> None:
         check(self.reward in ("agent", "sum", "mean"), f"reward must be agent, sum or mean, got {self.reward!r}", "pass --reward agent|sum|mean")
         check(self.critic in ("local", "central"), f"critic must be 'local' or 'central', got {self.critic!r}", "pass --critic local or --critic central")
@@ -102,10 +109,13 @@ class OnPolicyLearner(torch.nn.Module):
         self.cfg, self.spec, self.device = config, spec, device
         groups = resolve_groups(config.sharing, spec.n_agents)
         n, extra = spec.n_agents, spec.n_agents if config.agent_id else 0
-        critic_in = spec.state_dim if config.critic == "central" else spec.obs_dim
-        kw = dict(hidden=tuple(config.hidden), groups=groups, recurrent=config.recurrent, activation=config.activation)
-        self.actor = AgentNet(spec.obs_dim + extra, spec.n_actions, out_gain=0.01, **kw)
-        self.critic = AgentNet(critic_in + extra, 1, out_gain=1.0, **kw)
+        kw = dict(hidden=tuple(config.hidden), recurrent=config.recurrent, activation=config.activation)
+        self.actor = AgentNet(spec.obs_dim + extra, spec.n_actions, out_gain=0.01, groups=groups, **kw)
+        if config.team_value:  # one network for the team, whatever the actors share
+            self.critic = AgentNet(spec.state_dim, 1, out_gain=1.0, groups=torch.zeros(n, dtype=torch.long), **kw)
+        else:
+            critic_in = spec.state_dim if config.critic == "central" else spec.obs_dim
+            self.critic = AgentNet(critic_in + extra, 1, out_gain=1.0, groups=groups, **kw)
         if not spec.discrete:
             self.log_std = torch.nn.Parameter(torch.zeros(int(groups.max()) + 1, spec.n_actions))
             self.register_buffer("groups", groups)
@@ -118,14 +128,23 @@ class OnPolicyLearner(torch.nn.Module):
         self.register_buffer("env_steps", torch.zeros((), dtype=torch.long))
 
     # -- acting -------------------------------------------------------------------------
-    def _inputs(self, obs: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.cfg.critic == "central":
-            v_in = state.unsqueeze(-2).expand(*state.shape[:-1], self.n, state.shape[-1])
-        else:
+    def _actor_in(self, obs: torch.Tensor) -> torch.Tensor:
+        return with_agent_id(obs) if self.cfg.agent_id else obs
+
+    def _critic_in(self, obs: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+        """[..., N, D]; a feed-forward team critic gets [..., 1, S] and its value is broadcast."""
+        if self.cfg.critic == "local":
             v_in = obs
-        if self.cfg.agent_id:
-            return with_agent_id(obs), with_agent_id(v_in)
-        return obs, v_in
+        elif self.cfg.team_value and not self.cfg.recurrent:
+            return state.unsqueeze(-2)
+        else:  # recurrent team critics keep one hidden state per agent, like the actors
+            v_in = state.unsqueeze(-2).expand(*state.shape[:-1], self.n, state.shape[-1])
+        return with_agent_id(v_in) if self.cfg.agent_id and not self.cfg.team_value else v_in
+
+    def _value(self, obs: torch.Tensor, state: torch.Tensor, h=None) -> tuple[torch.Tensor, Any]:
+        """Normalised values [..., N] and the critic's next hidden state."""
+        out, h = self.critic(self._critic_in(obs, state), h)
+        return out.squeeze(-1).expand(*obs.shape[:-1]), h
 
     def initial_hidden(self, num_envs: int):
         if not self.cfg.recurrent:
@@ -139,50 +158,52 @@ class OnPolicyLearner(torch.nn.Module):
         half = hidden.shape[-1] // 2
         return hidden[..., :half], hidden[..., half:]
 
-    def _heads(self, out: torch.Tensor, avail: torch.Tensor):
-        if self.spec.discrete:
-            return mask_logits(out, avail)
-        return out
-
     def _log_std(self) -> torch.Tensor:
         return self.log_std[self.groups]
 
     @torch.no_grad()
     def act(self, inputs: dict, hidden, explore: bool):
-        a_in, v_in = self._inputs(inputs["obs"], inputs["state"])
+        """Sample (explore) or take the greedy action. Exploring also returns the log-prob and
+        the denormalised value the update needs; greedy acting (evaluation) skips the critic."""
         ha, hc = self._split(hidden)
-        out, ha = self.actor(a_in, ha)
-        value, hc = self.critic(v_in, hc)
-        value = self.value_norm.denormalize(value.squeeze(-1)) if self.cfg.value_norm else value.squeeze(-1)
+        out, ha = self.actor(self._actor_in(inputs["obs"]), ha)
+        extras = {}
+        if explore:
+            value, hc = self._value(inputs["obs"], inputs["state"], hc)
+            extras["value"] = self.value_norm.denormalize(value) if self.cfg.value_norm else value
         if self.spec.discrete:
             logits = mask_logits(out, inputs["avail"])
-            action = categorical_sample(logits, self.gen) if explore else categorical_greedy(logits)
-            logp = categorical_logp(logits, action)
+            if not explore:
+                action = categorical_greedy(logits)
+            else:
+                action = categorical_sample(logits, self.gen)
+                extras["logp"] = categorical_logp(logits, action)
+        elif not explore:
+            action = out
         else:
             log_std = self._log_std().expand_as(out)
-            action = gaussian_sample(out, log_std, self.gen) if explore else out
-            logp = gaussian_logp(out, log_std, action)
+            action = gaussian_sample(out, log_std, self.gen)
+            extras["logp"] = gaussian_logp(out, log_std, action)
         hidden = None if ha is None else torch.cat([ha, hc], dim=-1)
-        return action, hidden, {"logp": logp, "value": value}
+        return action, hidden, extras
 
     # -- learning -----------------------------------------------------------------------
-    def _unroll(self, net, x: torch.Tensor, h0, done: torch.Tensor):
-        """Run a net over [T, E, N, D]; recurrent nets step through time resetting at done."""
+    def _unroll(self, net, xs: tuple, h0, done: torch.Tensor):
+        """net(*inputs, h) -> (out, h) over inputs [T, E, ...]; recurrent nets step through time resetting at done."""
         if h0 is None:
-            return net(x, None)[0]
+            return net(*xs, None)[0]
         outs, h = [], h0
-        for t in range(x.shape[0]):
-            out, h = net(x[t], h)
+        for t in range(done.shape[0]):
+            out, h = net(*(x[t] for x in xs), h)
             outs.append(out)
             h = h * (~done[t]).view(-1, 1, 1).to(h.dtype)
         return torch.stack(outs)
 
     def _evaluate(self, b: dict, h0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Log-probs, entropies and normalised values of the stored actions, [T, E, N]."""
-        a_in, v_in = self._inputs(b["obs"], b["state"])
         ha, hc = self._split(h0)
-        out = self._unroll(self.actor, a_in, ha, b["done"])
-        values = self._unroll(self.critic, v_in, hc, b["done"]).squeeze(-1)
+        out = self._unroll(self.actor, (self._actor_in(b["obs"]),), ha, b["done"])
+        values = self._unroll(self._value, (b["obs"], b["state"]), hc, b["done"])
         if self.spec.discrete:
             logits = mask_logits(out, b["avail"])
             return categorical_logp(logits, b["actions"]), categorical_entropy(logits), values
@@ -192,12 +213,10 @@ class OnPolicyLearner(torch.nn.Module):
     @torch.no_grad()
     def _bootstrap_values(self, b: dict) -> torch.Tensor:
         """next_values[t]: value of the observation after step t ([T, E, N], denormalised)."""
-        _, v_last = self._inputs(b["next_obs"], b["next_state"])
-        _, v_final = self._inputs(b["final_obs"], b["final_state"])
         h_last = self._split(self.initial_hidden(b["next_obs"].shape[0]))[1]
-        last = self.critic(v_last, h_last)[0].squeeze(-1)
-        final = self.critic(v_final.flatten(0, 1), None if h_last is None else h_last.repeat(v_final.shape[0], 1, 1))[0]
-        final = final.squeeze(-1).view(b["reward"].shape)
+        last = self._value(b["next_obs"], b["next_state"], h_last)[0]
+        h_final = None if h_last is None else h_last.repeat(b["final_obs"].shape[0], 1, 1)
+        final = self._value(b["final_obs"].flatten(0, 1), b["final_state"].flatten(0, 1), h_final)[0].view(b["reward"].shape)
         if self.cfg.value_norm:
             last, final = self.value_norm.denormalize(last), self.value_norm.denormalize(final)
         nxt = torch.cat([b["value"][1:], last.unsqueeze(0)])
