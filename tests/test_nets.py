@@ -9,7 +9,7 @@ from torch import nn
 from marl.core.errors import MarlError
 from marl.nets import (
     MLP, NETWORKS, AgentNet, GroupGRUCell, GroupLayerNorm, GroupLinear, categorical_entropy,
-    categorical_greedy, categorical_logp, categorical_probs, categorical_sample, gaussian_entropy,
+    categorical_greedy, categorical_logp, categorical_logp_entropy, categorical_probs, categorical_sample, gaussian_entropy,
     gaussian_logp, gaussian_sample, mask_logits, num_groups, resolve_groups, with_agent_id,
 )
 
@@ -232,6 +232,9 @@ def test_masked_softmax_logp_entropy_hand_computed():
     ent = -(p[0] * p[0].log() + p[2] * p[2].log())
     torch.testing.assert_close(categorical_entropy(logits), ent)
     assert categorical_greedy(logits).item() == 2
+    logp2, ent2 = categorical_logp_entropy(logits, torch.tensor(2))
+    torch.testing.assert_close(logp2, torch.tensor(math.log(e3 / (e + e3))))
+    torch.testing.assert_close(ent2, ent)
 
 
 def test_masked_action_never_sampled():

@@ -13,13 +13,13 @@ import torch
 
 from marl.algos.optim import adam
 from marl.algos.registry import ALGOS, AlgoEntry
-from marl.algos.returns import RunningNorm, gae, masked_mean, normalize, team_reward
+from marl.algos.returns import RunningNorm, gae, normalize, team_reward
 from marl.core.errors import check
 from marl.core.spec import EnvSpec
 from marl.nets.dists import (
-    categorical_entropy,
     categorical_greedy,
     categorical_logp,
+    categorical_logp_entropy,
     categorical_sample,
     gaussian_entropy,
     gaussian_logp,
@@ -205,8 +205,7 @@ class OnPolicyLearner(torch.nn.Module):
         out = self._unroll(self.actor, (self._actor_in(b["obs"]),), ha, b["done"])
         values = self._unroll(self._value, (b["obs"], b["state"]), hc, b["done"])
         if self.spec.discrete:
-            logits = mask_logits(out, b["avail"])
-            return categorical_logp(logits, b["actions"]), categorical_entropy(logits), values
+            return (*categorical_logp_entropy(mask_logits(out, b["avail"]), b["actions"]), values)
         log_std = self._log_std().expand_as(out)
         return gaussian_logp(out, log_std, b["actions"]), gaussian_entropy(log_std), values
 
@@ -243,42 +242,46 @@ class OnPolicyLearner(torch.nn.Module):
                 group["lr"] = cfg.lr * max(0.0, 1.0 - float(self.env_steps) / cfg.lr_anneal_steps)
         self.env_steps += T * E
         h0 = b.get("hidden0")
-        stats: dict[str, list[float]] = {}
-        for _ in range(cfg.epochs):
-            if cfg.recurrent:  # whole sequences, minibatches over envs
-                perm = torch.randperm(E, generator=self.gen, device=self.device).chunk(cfg.minibatches)
-                select = lambda x, idx: x[:, idx]  # noqa: E731
-            else:  # independent env-steps, agents kept together on the agent axis
-                perm = torch.randperm(T * E, generator=self.gen, device=self.device).chunk(cfg.minibatches)
-                select = lambda x, idx: x.flatten(0, 1)[idx].unsqueeze(0)  # noqa: E731
-            for idx in perm:
-                mb = {k: select(b[k], idx) for k in ("obs", "state", "avail", "actions", "done")}
-                logp, ent, values = self._evaluate(mb, None if h0 is None else h0[idx])
-                m, a, ret, ov, old_logp = (select(x, idx) for x in (mask, adv, target, old_v, b["logp"]))
-                ratio = (logp - old_logp).exp()
-                if cfg.clip > 0:
-                    surrogate = torch.min(ratio * a, ratio.clamp(1 - cfg.clip, 1 + cfg.clip) * a)
-                else:
-                    surrogate = logp * a
-                pg_loss = -masked_mean(surrogate, m)
-                v_loss = (values - ret) ** 2
-                if cfg.value_clip > 0:
-                    clipped = ov + (values - ov).clamp(-cfg.value_clip, cfg.value_clip)
-                    v_loss = torch.max(v_loss, (clipped - ret) ** 2)
-                v_loss = masked_mean(v_loss, m)
-                entropy = masked_mean(ent, m)
-                loss = pg_loss + cfg.vf_coef * v_loss - cfg.ent_coef * entropy
-                self.opt.zero_grad(set_to_none=True)
-                loss.backward()
-                gnorm = torch.nn.utils.clip_grad_norm_(self.parameters(), cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf"))
-                self.opt.step()
-                with torch.no_grad():
-                    log_ratio = logp - old_logp
-                    kl = masked_mean((ratio - 1) - log_ratio, m)
-                    clipfrac = masked_mean(((ratio - 1).abs() > cfg.clip).float(), m) if cfg.clip > 0 else torch.zeros(())
-                for key, val in (("policy", pg_loss), ("value", v_loss), ("entropy", entropy), ("approx_kl", kl), ("clipfrac", clipfrac), ("grad_norm", gnorm)):
-                    stats.setdefault(key, []).append(float(val.detach()))
-        return {f"loss/{k}": sum(v) / len(v) for k, v in stats.items()}
+        data = {"obs": b["obs"], "state": b["state"], "avail": b["avail"], "actions": b["actions"], "done": b["done"],
+                "weight": mask.to(adv.dtype), "adv": adv, "target": target, "old_v": old_v, "old_logp": b["logp"]}
+        if not cfg.recurrent:  # independent env-steps (agents kept together): flatten [T, E] once
+            data = {k: v.flatten(0, 1) for k, v in data.items()}
+        stats = []
+        for _ in range(cfg.epochs):  # minibatches of env-steps, or of whole env sequences when recurrent
+            perm = torch.randperm(E if cfg.recurrent else T * E, generator=self.gen, device=self.device)
+            for idx in perm.chunk(cfg.minibatches):
+                mb = {k: v[:, idx] if cfg.recurrent else v[idx] for k, v in data.items()}
+                stats.append(self._step(mb, None if h0 is None else h0[idx]))
+        means = torch.stack(stats).mean(0).tolist()
+        return {f"loss/{k}": v for k, v in zip(("policy", "value", "entropy", "approx_kl", "clipfrac", "grad_norm"), means)}
+
+    def _step(self, mb: dict, h0) -> torch.Tensor:
+        """One gradient step on a minibatch; returns the step's statistics as one tensor."""
+        cfg = self.cfg
+        logp, ent, values = self._evaluate(mb, h0)
+        w, a, ret, ov = mb["weight"], mb["adv"], mb["target"], mb["old_v"]
+        denom = w.sum().clamp_min(1.0)
+        mean = lambda x: (x * w).sum() / denom  # noqa: E731  (over alive agents)
+        log_ratio = logp - mb["old_logp"]
+        ratio = log_ratio.exp()
+        if cfg.clip > 0:
+            pg_loss = -mean(torch.min(ratio * a, ratio.clamp(1 - cfg.clip, 1 + cfg.clip) * a))
+        else:
+            pg_loss = -mean(logp * a)
+        v_loss = (values - ret) ** 2
+        if cfg.value_clip > 0:
+            clipped = ov + (values - ov).clamp(-cfg.value_clip, cfg.value_clip)
+            v_loss = torch.max(v_loss, (clipped - ret) ** 2)
+        v_loss, entropy = mean(v_loss), mean(ent)
+        loss = pg_loss + cfg.vf_coef * v_loss - cfg.ent_coef * entropy
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        gnorm = torch.nn.utils.clip_grad_norm_(self.parameters(), cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf"))
+        self.opt.step()
+        with torch.no_grad():
+            kl = mean((ratio - 1) - log_ratio)
+            clipfrac = mean(((ratio - 1).abs() > cfg.clip).to(w.dtype)) if cfg.clip > 0 else torch.zeros_like(kl)
+            return torch.stack([pg_loss, v_loss, entropy, kl, clipfrac, gnorm.to(kl.dtype)]).detach()
 
     def extra_state(self) -> dict:
         return {"opt": self.opt.state_dict(), "gen": self.gen.get_state()}

@@ -58,6 +58,13 @@ def categorical_entropy(logits: torch.Tensor) -> torch.Tensor:
     return -(logp.exp() * logp).sum(dim=-1)
 
 
+def categorical_logp_entropy(logits: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log pi(actions), entropy), both [...], from one log-softmax (what a policy update needs)."""
+    logp = torch.log_softmax(logits, dim=-1)
+    entropy = -(logp.exp() * logp).sum(dim=-1)
+    return logp.gather(-1, actions.long().unsqueeze(-1)).squeeze(-1), entropy
+
+
 def categorical_greedy(logits: torch.Tensor) -> torch.Tensor:
     """The most likely action per row, LongTensor [...] (never a masked one unless all are)."""
     return logits.argmax(dim=-1)
@@ -89,6 +96,6 @@ def gaussian_greedy(mean: torch.Tensor) -> torch.Tensor:
 
 __all__ = [
     "MASK_VALUE", "mask_logits", "categorical_probs", "categorical_sample", "categorical_logp",
-    "categorical_entropy", "categorical_greedy", "gaussian_sample", "gaussian_logp",
+    "categorical_entropy", "categorical_logp_entropy", "categorical_greedy", "gaussian_sample", "gaussian_logp",
     "gaussian_entropy", "gaussian_greedy",
 ]
