@@ -5,6 +5,7 @@ its flags onto the same call.
 """
 from __future__ import annotations
 
+import math
 import random
 import re
 import shutil
@@ -72,6 +73,12 @@ def _check_run_dir(path: Path, cfg: TrainConfig) -> bool:
         check(not holds_run or cfg.overwrite, f"run directory {path} already holds a run",
               "pass --resume to continue it, --overwrite to replace it, or another --run-dir")
     return holds_run
+
+
+def _finite(module: torch.nn.Module) -> bool:
+    """Parameters and floating buffers (e.g. value statistics) hold no NaN or inf."""
+    tensors = [*module.parameters(), *(b for b in module.buffers() if b.is_floating_point())]
+    return bool(torch.stack([t.isfinite().all() for t in tensors]).all())
 
 
 def _seed_everything(seed: int) -> None:
@@ -177,6 +184,11 @@ def train(cfg: TrainConfig, algo_cfg=None) -> dict:
             t0 = time.perf_counter()
             batch, episodes = collector.collect(algo_cfg.rollout_len)
             metrics = learner.update(batch)
+            bad = sorted(k for k, v in metrics.items() if not math.isfinite(v))
+            if not bad and not _finite(learner):
+                bad = ["parameters"]  # never checkpoint a diverged model
+            check(not bad, f"training diverged: {', '.join(bad)} became non-finite at env step {step + per_update}",
+                  "lower --lr (or --max-grad-norm); the run's last good checkpoint is kept")
             train_time += time.perf_counter() - t0
             step += per_update
             updates += 1

@@ -42,7 +42,8 @@ def ours(algo: str, seed: int, steps: int, out: Path, extra: list[str]) -> dict:
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     curve = [(r["step"], r["eval/return_mean"]) for r in rows if "eval/return_mean" in r]
     final = curve[-1][1]
-    return {"who": "marl", "algo": algo, "seed": seed, "wall_s": wall, "steps_per_s": steps / wall, "eval_return": final,
+    loop = [r["perf/steps_per_s"] for r in rows if "perf/steps_per_s" in r][-1]  # collection + updates only
+    return {"who": "marl", "algo": algo, "seed": seed, "wall_s": wall, "steps_per_s": steps / wall, "loop_steps_per_s": loop, "eval_return": final,
             "score": 1 - final / RANDOM_RETURN_25, "curve": curve, "command": " ".join(cmd[1:])}
 
 
@@ -78,7 +79,8 @@ def main() -> None:
         for seed in seeds:
             r = ours(algo, seed, args.steps, out, args.extra.split())
             results["runs"].append(r)
-            print(f"marl {algo} seed {seed}: wall {r['wall_s']:.0f}s, {r['steps_per_s']:.0f} steps/s, eval {r['eval_return']:.2f} (25 steps), score {r['score']:.3f}", flush=True)
+            print(f"marl {algo} seed {seed}: wall {r['wall_s']:.0f}s, {r['steps_per_s']:.0f} steps/s "
+                  f"(training loop {r['loop_steps_per_s']:.0f}), eval {r['eval_return']:.2f} (25 steps), score {r['score']:.3f}", flush=True)
     results["raw_env_steps_per_s_after"] = raw_env_rate(5.0)
     print(f"raw env rate after: {results['raw_env_steps_per_s_after']:,.0f} steps/s")
     (out / "bench_spread.json").write_text(json.dumps(results, indent=2))

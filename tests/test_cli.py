@@ -332,3 +332,14 @@ def test_ctrl_c_while_stepping_exits_130_and_keeps_the_checkpoint(tmp_path, caps
     assert info.value.code == 130
     assert f"--resume --run-dir {run_dir}" in capsys.readouterr().err
     assert load_checkpoint(run_dir)["step"] == 64
+
+
+def test_diverging_training_stops_with_one_line_and_keeps_the_checkpoint(tmp_path, capsys):
+    """A learning rate of 100 drives the loss to NaN after a few updates: the run stops instead of
+    training on NaN, and the checkpoints written before the divergence are finite."""
+    run_dir = tmp_path / "run"
+    argv = ["train", *SMALL, "--algo", "ippo", "--run-dir", str(run_dir), "--steps", "4096",
+            "--checkpoint-interval", "64", "--lr", "100"]
+    fails(capsys, argv, "training diverged", "non-finite", "--lr")
+    ckpt = latest_checkpoint(run_dir)
+    assert ckpt is not None and all(torch.isfinite(v).all() for v in load_checkpoint(ckpt)["model"].values() if v.is_floating_point())

@@ -1,7 +1,7 @@
 """GAE and running normalisation against hand-computed values."""
 import torch
 
-from marl.algos.returns import RunningNorm, gae, normalize, team_reward
+from marl.algos.returns import RunningNorm, gae, normalize, preserve_outputs, team_reward
 
 G, L = 0.9, 0.8
 
@@ -76,3 +76,20 @@ def test_team_reward_modes():
     assert team_reward(r, "agent") is r
     assert team_reward(r, "sum").tolist() == [[3.0, 3.0, 3.0]]
     assert team_reward(r, "mean").tolist() == [[1.0, 1.0, 1.0]]
+
+
+def test_popart_keeps_denormalised_outputs():
+    """After the statistics move, the rescaled layer predicts the same denormalised values."""
+    from marl.nets import AgentNet
+
+    torch.manual_seed(0)
+    net = AgentNet(6, 1, hidden=(8,), groups=[0, 1])
+    norm = RunningNorm()
+    norm.update(torch.randn(50) * 3 + 1)
+    x = torch.randn(5, 2, 6)
+    before = norm.denormalize(net(x)[0])
+    old_mean, old_std = norm.mean.clone(), norm.std
+    norm.update(torch.randn(200) * 40 - 150)
+    assert not torch.allclose(norm.denormalize(net(x)[0]), before)  # without the rescale values jump
+    preserve_outputs(net.output_layer, old_mean, old_std, norm.mean, norm.std)
+    torch.testing.assert_close(norm.denormalize(net(x)[0]), before, rtol=1e-5, atol=1e-4)

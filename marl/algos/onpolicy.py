@@ -13,7 +13,7 @@ import torch
 
 from marl.algos.optim import adam
 from marl.algos.registry import ALGOS, AlgoEntry
-from marl.algos.returns import RunningNorm, gae, normalize, team_reward
+from marl.algos.returns import RunningNorm, gae, normalize, preserve_outputs, team_reward
 from marl.core.errors import check
 from marl.core.spec import EnvSpec
 from marl.nets.dists import (
@@ -63,7 +63,7 @@ class OnPolicyConfig:
     norm_adv: bool = True
     """Normalise advantages over the batch."""
     value_norm: bool = True
-    """Train the critic on running-normalised returns (MAPPO's value normalisation)."""
+    """Train the critic on running-normalised returns (MAPPO's value normalisation), its output layer rescaled with the statistics (PopArt)."""
     sharing: Any = "all"
     """Parameter sharing: 'all', 'none' or a group id per agent such as 0,0,1."""
     agent_id: bool = True
@@ -230,7 +230,9 @@ class OnPolicyLearner(torch.nn.Module):
         adv, returns = gae(rewards, b["value"], next_values, b["terminated"], ended, cfg.gamma, cfg.gae_lambda)
         mask = b["alive"]
         if cfg.value_norm:
+            old_mean, old_std = self.value_norm.mean.clone(), self.value_norm.std
             self.value_norm.update(returns[mask])
+            preserve_outputs(self.critic.output_layer, old_mean, old_std, self.value_norm.mean, self.value_norm.std)
             target, old_v = self.value_norm.normalize(returns), self.value_norm.normalize(b["value"])
         else:
             target, old_v = returns, b["value"]

@@ -75,8 +75,26 @@ class RunningNorm(torch.nn.Module):
         self.var = m2 / total
         self.count = total
 
+    @property
+    def std(self) -> torch.Tensor:
+        return self.var.clamp_min(1e-8).sqrt()
+
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.mean) / self.var.clamp_min(1e-8).sqrt()
+        return (x - self.mean) / self.std
 
     def denormalize(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.var.clamp_min(1e-8).sqrt() + self.mean
+        return x * self.std + self.mean
+
+
+@torch.no_grad()
+def preserve_outputs(layer: torch.nn.Module, old_mean: torch.Tensor, old_std: torch.Tensor,
+                     new_mean: torch.Tensor, new_std: torch.Tensor) -> None:
+    """PopArt (van Hasselt et al. 2016): rescale a linear output layer in place so that its
+    denormalised output y * std + mean is the same before and after the statistics change:
+    W' = W σ/σ',  b' = (σ b + μ - μ') / σ'.
+
+    Without it every change of the statistics shifts all predicted values, and the
+    bootstrapped targets (which use those values) feed the shift back into the statistics:
+    with truncation bootstrapping this loop diverged to NaN on simple_spread."""
+    layer.weight.mul_(old_std / new_std)
+    layer.bias.mul_(old_std).add_(old_mean - new_mean).div_(new_std)

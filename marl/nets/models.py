@@ -106,6 +106,11 @@ class AgentNet(nn.Module):
         self.head = MLP(self.hidden_dim, out_dim, hidden[2:], groups=groups, activation=activation,
                         layer_norm=layer_norm, out_gain=out_gain)
 
+    @property
+    def output_layer(self) -> GroupLinear:
+        """The last linear layer (PopArt rescales it when value statistics change)."""
+        return (self.head if self.recurrent else self.body).net[-1]
+
     def initial_hidden(self, batch_shape: Sequence[int] | int = (), n_agents: int | None = None) -> torch.Tensor:
         """Zeros [*batch_shape, N, H] on the network's device (H = 0 for a feed-forward net)."""
         if isinstance(batch_shape, int):
