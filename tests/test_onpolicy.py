@@ -29,6 +29,14 @@ def test_learns_identity_task(tmp_path, algo, reward):
     assert out["eval/return_mean"] >= 15.0, out
 
 
+def test_popart_option_learns(tmp_path):
+    """PopArt keeps the denormalised values fixed when the statistics move (tests/test_returns.py);
+    the learner with it on still solves the identity task."""
+    out = _run(tmp_path, algo="mappo", env="builtin/identity", steps=16_000, eval_interval=16_000, seed=3,
+               algo_kw={"rollout_len": 32, "popart": True, "minibatches": 1})
+    assert out["eval/return_mean"] >= 15.0, out
+
+
 @pytest.mark.parametrize("recurrent", [False, True])
 def test_team_value_critic_takes_the_state_once(recurrent):
     """Central critic + team reward: no agent id, one value per env step shared by all agents;
