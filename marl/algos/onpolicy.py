@@ -232,10 +232,10 @@ class OnPolicyLearner(torch.nn.Module):
         adv, returns = gae(rewards, b["value"], next_values, b["terminated"], ended, cfg.gamma, cfg.gae_lambda)
         mask = b["alive"]
         if cfg.value_norm:
-            old_mean, old_std = self.value_norm.mean.clone(), self.value_norm.std
+            old = (self.value_norm.mean.clone(), self.value_norm.std) if cfg.popart else None
             self.value_norm.update(returns[mask])
-            if cfg.popart:
-                preserve_outputs(self.critic.output_layer, old_mean, old_std, self.value_norm.mean, self.value_norm.std)
+            if old is not None:
+                preserve_outputs(self.critic.output_layer, *old, self.value_norm.mean, self.value_norm.std)
             target, old_v = self.value_norm.normalize(returns), self.value_norm.normalize(b["value"])
         else:
             target, old_v = returns, b["value"]
@@ -300,8 +300,8 @@ def _entry(preset: dict, summary: str) -> AlgoEntry:
     return AlgoEntry(OnPolicyConfig, OnPolicyLearner, preset, summary)
 
 
-# MAPPO uses relu (as Yu et al.'s code does): 3 seeds on simple_spread, 200k steps: -56.2 with
-# relu against -61.5 with tanh; IPPO keeps tanh (-55.6 against -58.4 with relu).
+# MAPPO uses relu (as Yu et al.'s code does): 3-seed means on simple_spread at 200k steps, -56.2
+# with relu against -61.5 with tanh; IPPO keeps tanh (relu: -58.4; tanh: -56.6). BENCHMARKS.md.
 ALGOS.register("mappo", _entry({"critic": "central", "activation": "relu"}, "PPO with a centralised value critic on the global state (Yu et al. 2022)"))
 ALGOS.register("ippo", _entry({"critic": "local"}, "independent PPO: per-agent critics on local observations (de Witt et al. 2020)"))
 ALGOS.register("maa2c", _entry({"critic": "central", "clip": 0.0, "epochs": 1, "minibatches": 1, "value_norm": False}, "advantage actor-critic with a centralised value critic"))

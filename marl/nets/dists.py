@@ -52,17 +52,19 @@ def categorical_logp(logits: torch.Tensor, actions: torch.Tensor) -> torch.Tenso
     return logp.gather(-1, actions.long().unsqueeze(-1)).squeeze(-1)
 
 
+def _entropy(logp: torch.Tensor) -> torch.Tensor:
+    return -(logp.exp() * logp).sum(dim=-1)
+
+
 def categorical_entropy(logits: torch.Tensor) -> torch.Tensor:
     """Entropy [...] of softmax(logits); masked actions (probability 0) contribute 0."""
-    logp = torch.log_softmax(logits, dim=-1)
-    return -(logp.exp() * logp).sum(dim=-1)
+    return _entropy(torch.log_softmax(logits, dim=-1))
 
 
 def categorical_logp_entropy(logits: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(log pi(actions), entropy), both [...], from one log-softmax (what a policy update needs)."""
     logp = torch.log_softmax(logits, dim=-1)
-    entropy = -(logp.exp() * logp).sum(dim=-1)
-    return logp.gather(-1, actions.long().unsqueeze(-1)).squeeze(-1), entropy
+    return logp.gather(-1, actions.long().unsqueeze(-1)).squeeze(-1), _entropy(logp)
 
 
 def categorical_greedy(logits: torch.Tensor) -> torch.Tensor:
