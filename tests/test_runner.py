@@ -141,3 +141,15 @@ def test_env_error_names_env_step_and_agents():
     vec.step(np.zeros((1, 2), np.int64))
     with pytest.raises(EnvStepError, match=r"RuntimeError: physics blew up at episode step 3 for agents \['agent_0', 'agent_1'\]"):
         vec.step(np.zeros((1, 2), np.int64))
+
+
+def test_workers_from_a_program_on_stdin_fail_with_one_line():
+    """Worker processes re-import __main__; a program piped on stdin has no file to import."""
+    import subprocess
+    import sys
+
+    program = "import envs\nfrom marl.core.vec import VecEnv\nVecEnv(envs.make_factory('builtin/identity'), 2, workers=2)\n"
+    proc = subprocess.run([sys.executable, "-"], input=program, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert "MarlError: env worker processes cannot start from a program read from <stdin>" in proc.stderr
+    assert "BrokenPipe" not in proc.stderr

@@ -13,8 +13,10 @@ from __future__ import annotations
 import copyreg
 import io
 import multiprocessing as mp
+import os
 import pickle
 import signal
+import sys
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -212,6 +214,10 @@ class VecEnv:
         if workers < 0:
             raise MarlError(f"workers must be >= 0, got {workers}", "pass --workers 0 to step envs in-process")
         workers = min(workers, num_envs)
+        main_file = getattr(sys.modules.get("__main__"), "__file__", None)
+        if workers and main_file is not None and not os.path.exists(main_file):  # e.g. `python - < script.py`
+            raise MarlError(f"env worker processes cannot start from a program read from {main_file}",
+                            "save it to a file and run that, or pass workers=0 (--workers 0)")
         self.num_envs, self.workers = num_envs, workers
         probe = make_fn()
         self.spec = EnvSpec.from_env(probe, name=getattr(make_fn, "env_name", ""))
