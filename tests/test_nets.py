@@ -201,6 +201,28 @@ def test_registry_networks_forward_backward(name):
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in net.parameters())
 
 
+@pytest.mark.parametrize("activation", ["relu", "tanh"])
+def test_layer_norm_bounds_output_far_from_the_data(activation):
+    """A critic evaluated far outside its training inputs (agents that flew off) extrapolates:
+    without LayerNorm a relu net's output grows with the input scale, with it the output
+    converges to a bound (what keeps bootstrapped truncation values from running away)."""
+    x = torch.randn(32, N, D)
+    outs = {}
+    for ln in (False, True):
+        torch.manual_seed(0)
+        net = AgentNet(D, 1, (16, 16), groups=resolve_groups("all", N), activation=activation, layer_norm=ln)
+        with torch.no_grad():
+            outs[ln] = [net(x * scale, None)[0] for scale in (1e3, 1e6)]
+    near, far = outs[True]
+    bound = net.output_layer.weight.abs().sum() * 1.0 + net.output_layer.bias.abs().sum()  # |hidden| <= 1 per unit after LN+tanh
+    assert torch.allclose(near, far, atol=1e-3)
+    if activation == "relu":
+        ratio = outs[False][1].abs().mean() / outs[False][0].abs().mean()
+        assert ratio > 100  # unbounded: grows with the input
+    else:
+        assert float(far.abs().max()) <= float(bound) + 1e-4
+
+
 def test_recurrent_none_hidden_is_zeros():
     net, x = make_net("gru", "none"), torch.randn(3, N, D)
     torch.testing.assert_close(net(x, None), net(x, net.initial_hidden(3)))

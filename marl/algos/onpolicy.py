@@ -74,6 +74,9 @@ class OnPolicyConfig:
     """Hidden layer sizes of actor and critic."""
     activation: str = "tanh"
     """Hidden activation: tanh or relu."""
+    layer_norm: bool = False
+    """LayerNorm after every hidden linear layer. It bounds the critic's output however far the
+    inputs move, which keeps bootstrapped truncation values from feeding back without limit."""
     recurrent: bool = False
     """GRU after the first layer of actor and critic (trained over whole rollouts)."""
 
@@ -111,7 +114,8 @@ class OnPolicyLearner(torch.nn.Module):
         self.cfg, self.spec, self.device = config, spec, device
         groups = resolve_groups(config.sharing, spec.n_agents)
         n, extra = spec.n_agents, spec.n_agents if config.agent_id else 0
-        kw = dict(hidden=tuple(config.hidden), recurrent=config.recurrent, activation=config.activation)
+        kw = dict(hidden=tuple(config.hidden), recurrent=config.recurrent, activation=config.activation,
+                  layer_norm=config.layer_norm)
         self.actor = AgentNet(spec.obs_dim + extra, spec.n_actions, out_gain=0.01, groups=groups, **kw)
         if config.team_value:  # one network for the team, whatever the actors share
             self.critic = AgentNet(spec.state_dim, 1, out_gain=1.0, groups=torch.zeros(n, dtype=torch.long), **kw)
@@ -301,8 +305,11 @@ def _entry(preset: dict, summary: str) -> AlgoEntry:
 
 
 # MAPPO uses relu (as Yu et al.'s code does): 3-seed means on simple_spread at 200k steps, -56.2
-# with relu against -61.5 with tanh; IPPO keeps tanh (relu: -58.4; tanh: -56.6). BENCHMARKS.md.
-ALGOS.register("mappo", _entry({"critic": "central", "activation": "relu"}, "PPO with a centralised value critic on the global state (Yu et al. 2022)"))
-ALGOS.register("ippo", _entry({"critic": "local"}, "independent PPO: per-agent critics on local observations (de Witt et al. 2020)"))
+# with relu against -61.5 with tanh; IPPO keeps tanh (relu: -58.4; tanh: -56.6). Both use
+# LayerNorm (as Yu et al.'s networks do): without it, --num-envs 8 diverged on simple_spread
+# (the critic's unbounded extrapolation fed back through the truncation bootstrap). BENCHMARKS.md.
+ALGOS.register("mappo", _entry({"critic": "central", "activation": "relu", "layer_norm": True},
+                                "PPO with a centralised value critic on the global state (Yu et al. 2022)"))
+ALGOS.register("ippo", _entry({"critic": "local", "layer_norm": True}, "independent PPO: per-agent critics on local observations (de Witt et al. 2020)"))
 ALGOS.register("maa2c", _entry({"critic": "central", "clip": 0.0, "epochs": 1, "minibatches": 1, "value_norm": False}, "advantage actor-critic with a centralised value critic"))
 ALGOS.register("ia2c", _entry({"critic": "local", "clip": 0.0, "epochs": 1, "minibatches": 1, "value_norm": False}, "independent advantage actor-critic"))
