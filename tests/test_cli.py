@@ -209,7 +209,7 @@ def test_sharing_groups_and_typed_flags_on_a_two_agent_env(tmp_path):
     assert (saved_algo["sharing"], saved_algo["hidden"], saved_algo["norm_adv"], saved_algo["critic"]) == ([0, 1], [32, 16], False, "local")
     model = load_checkpoint(tmp_path / "run")["model"]
     assert tuple(model["actor.body.net.0.weight"].shape) == (2, 3 + 2, 32)  # a weight set per group; obs + agent id
-    assert tuple(model["actor.body.net.4.weight"].shape) == (2, 16, 3)
+    assert tuple(model["actor.body.net.6.weight"].shape) == (2, 16, 3)  # after 2 x (linear, LayerNorm, act)
 
 
 # ----------------------------------------------------------------------------- bad inputs: exit 2, one line
