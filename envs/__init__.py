@@ -87,16 +87,16 @@ def _build(builder: Callable[..., Any], name: str, kwargs: dict) -> ParallelEnv:
 
 
 def _mpe2(module: str, **kwargs: Any) -> ParallelEnv:
-    # Discrete actions skip the OrderEnforcing/AssertOutOfBounds wrappers of module.parallel_env:
-    # simple_spread_v3, random actions, loaded 2-core machine: 3931-3961 steps/s against
-    # 2120-2479 for parallel_env (~1.6x); same observations, rewards, flags and state over
-    # 4 seeded episodes, and it passes parallel_api_test. Continuous actions keep the standard
-    # env, whose ClipOutOfBounds wrapper clips actions (raw_env does not).
-    from pettingzoo.utils.conversions import aec_to_parallel_wrapper
+    # Discrete actions skip the OrderEnforcing/AssertOutOfBounds wrappers of module.parallel_env
+    # and the observation aec_to_parallel builds and drops for every agent (see CycleParallel):
+    # same observations, rewards, flags and state (tests/test_envs.py), and it passes
+    # parallel_api_test. Continuous actions keep the standard env, whose ClipOutOfBounds
+    # wrapper clips actions (raw_env does not).
+    from envs.adapters import CycleParallel
 
     kwargs.setdefault("continuous_actions", False)
     mod = importlib.import_module(module)
-    env = mod.parallel_env(**kwargs) if kwargs["continuous_actions"] else aec_to_parallel_wrapper(mod.raw_env(**kwargs))
+    env = mod.parallel_env(**kwargs) if kwargs["continuous_actions"] else CycleParallel(mod.raw_env(**kwargs))
     # mpe2's SimpleEnv.state() is by definition the concatenation of every agent's observe():
     # the runner may build it from the observations it already has (saves ~25% per step).
     env.state_is_concat_obs = True

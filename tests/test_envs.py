@@ -142,6 +142,15 @@ def test_mpe2_fast_path_matches_standard_env():
     assert envs.make("mpe2/simple_spread_v3", continuous_actions=True).action_space("agent_0").shape == (5,)
 
 
+def test_mpe2_fast_path_observes_each_agent_once_per_step():
+    env = envs.make("mpe2/simple_spread_v3")
+    env.reset(seed=0)
+    calls, observe = [], env.aec_env.observe
+    env.aec_env.observe = lambda agent: calls.append(agent) or observe(agent)
+    env.step({a: 0 for a in env.agents})
+    assert sorted(calls) == sorted(env.agents)  # aec_to_parallel_wrapper observes every agent twice
+
+
 def _masked_move(env):
     return lambda a, o, i, t: int(env.action_space(a).sample(mask=o[a]["action_mask"]))
 
