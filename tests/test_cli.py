@@ -212,6 +212,15 @@ def test_sharing_groups_and_typed_flags_on_a_two_agent_env(tmp_path):
     assert tuple(model["actor.body.net.6.weight"].shape) == (2, 16, 3)  # after 2 x (linear, LayerNorm, act)
 
 
+@pytest.mark.parametrize("algo", ["mappo", "qmix"])
+def test_sharing_none_flag_gives_one_network_per_agent(algo, tmp_path):
+    assert train(tmp_path / "run", "--algo", algo, "--sharing", "none", "--reward", "sum", "--steps", "64", "--env-kwargs", "episode_len=4") == 0
+    assert load_run_config(tmp_path / "run" / "config.yaml")[1]["sharing"] == "none"
+    model = load_checkpoint(tmp_path / "run")["model"]
+    first = next(k for k in model if k.endswith("net.0.weight"))
+    assert model[first].shape[0] == 2  # the identity env has two agents
+
+
 # ----------------------------------------------------------------------------- bad inputs: exit 2, one line
 BAD_INPUTS = {
     "unknown algorithm": (["--algo", "no-such-algo"], ["unknown algorithm 'no-such-algo'", "mappo"]),

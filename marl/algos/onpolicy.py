@@ -66,7 +66,7 @@ class OnPolicyConfig:
     """Train the critic on running-normalised returns (MAPPO's value normalisation)."""
     popart: bool = False
     """Rescale the critic's output layer when the value statistics change (PopArt). Off by default: on simple_spread it learned slower, but it keeps --minibatches 1 from diverging (BENCHMARKS.md)."""
-    sharing: Any = "all"
+    sharing: str | list[int] = "all"
     """Parameter sharing: 'all', 'none' or a group id per agent such as 0,0,1."""
     agent_id: bool = True
     """Append a one-hot agent id to network inputs (useful when sharing)."""

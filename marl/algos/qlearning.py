@@ -98,7 +98,7 @@ class QConfig:
     """lambda of the TD(lambda) target (returns='td_lambda')."""
     recurrent: bool = False
     """GRU agents unrolled over whole episodes (else feed-forward agents on the current observation; a GRU update costs ~3x)."""
-    sharing: Any = "all"
+    sharing: str | list[int] = "all"
     """Parameter sharing of the agent networks: 'all', 'none' or a group id per agent such as 0,0,1."""
     agent_id: bool = True
     """Append a one-hot agent id to the agent network inputs (useful when sharing)."""
