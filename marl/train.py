@@ -131,6 +131,7 @@ def train(cfg: TrainConfig, algo_cfg=None) -> dict:
         entry = ALGOS.get(cfg.algo)  # the run's own algorithm, whatever the resuming call named
         algo_cfg = from_dict(entry.config, saved["algo"])
     algo_cfg = algo_cfg if algo_cfg is not None else entry.make_config()
+    check(cfg.seed >= 0, f"seed must be >= 0, got {cfg.seed}", "pass --seed 0 or more")
     check(cfg.eval_num_envs >= 0, f"eval_num_envs must be >= 0, got {cfg.eval_num_envs}", "pass --eval-num-envs 0 (one env per episode) or more")
     for name in ("num_envs", "eval_episodes"):
         check(getattr(cfg, name) >= 1, f"{name} must be at least 1, got {getattr(cfg, name)}", f"pass --{name.replace('_', '-')} 1 or more")

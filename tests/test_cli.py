@@ -230,6 +230,7 @@ BAD_INPUTS = {
     "negative clip": (["--clip", "-0.1"], ["clip", ">= 0", "--clip"]),
     "minibatches > rollout": (["--minibatches", "65"], ["minibatches (65) exceed the 64 samples", "--minibatches"]),
     "zero steps": (["--steps", "0"], ["--steps must be > 0"]),
+    "negative seed": (["--seed", "-1"], ["seed must be >= 0", "--seed 0"]),
     "unsupported spaces": (["--env", f"{HERE}:TupleActionEnv"], [f"env '{HERE}:TupleActionEnv'", "Tuple", "not supported", "Discrete"]),
     "no cuda": (["--device", "cuda"], ["CUDA is not available", "--device cpu"]),
     "algorithm that cannot handle the env's action space": (

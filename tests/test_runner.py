@@ -5,7 +5,7 @@ import pytest
 
 import envs
 from marl.core.errors import EnvStepError
-from marl.core.vec import VecEnv
+from marl.core.vec import VecEnv, env_seeds
 
 
 def _random_actions(avail, rng):
@@ -17,7 +17,7 @@ def test_episode_return_counts_the_last_reward_and_truncation_is_not_termination
     factory = envs.make_factory("mpe2/simple_spread_v3", max_cycles=5)
     vec = VecEnv(factory, 1, seed=7)
     ref = factory()
-    ref_obs, _ = ref.reset(seed=7)
+    ref_obs, _ = ref.reset(seed=env_seeds(7, 1)[0])
     out = vec.reset()
     np.testing.assert_array_equal(out["obs"][0], np.stack([ref_obs[a] for a in ref.possible_agents]))
     rng = np.random.default_rng(0)
@@ -153,3 +153,11 @@ def test_workers_from_a_program_on_stdin_fail_with_one_line():
     assert proc.returncode != 0
     assert "MarlError: env worker processes cannot start from a program read from <stdin>" in proc.stderr
     assert "BrokenPipe" not in proc.stderr
+
+
+def test_nearby_run_seeds_share_no_env_seed():
+    """Seeds 1, 2, 3 (a usual three-seed study) must not replay each other's episodes."""
+    runs = [set(env_seeds(s, 100)) for s in (1, 2, 3)]
+    assert all(len(r) == 100 for r in runs)
+    assert not (runs[0] & runs[1]) and not (runs[1] & runs[2]) and not (runs[0] & runs[2])
+    assert env_seeds(1, 4) == env_seeds(1, 100)[:4]  # env k's seed does not depend on E

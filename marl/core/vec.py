@@ -72,14 +72,22 @@ def _buffers(spec: EnvSpec, e: int) -> dict[str, np.ndarray]:
     }
 
 
+def env_seeds(seed: int, num_envs: int) -> list[int]:
+    """Seeds of the E envs of a run: words of numpy's SeedSequence(seed), so that runs with
+    nearby seeds get unrelated episodes (seed + k would give seeds 1 and 2 E - 1 envs, and
+    all their evaluation episodes, in common)."""
+    return np.random.SeedSequence(seed).generate_state(num_envs).tolist()
+
+
 class _Envs:
     """E envs in this process writing into shared buffers; the work of one runner or worker."""
 
-    def __init__(self, make_fn: Callable[[], Any], num_envs: int, seed: int, spec: EnvSpec | None):
+    def __init__(self, make_fn: Callable[[], Any], seeds: list[int], spec: EnvSpec | None):
+        num_envs = len(seeds)
         self.envs = [make_fn() for _ in range(num_envs)]
         self.spec = spec or EnvSpec.from_env(self.envs[0], name=getattr(make_fn, "env_name", ""))
         self.enc = [Encoder(self.spec, env) for env in self.envs]
-        self.seeds = [seed + k for k in range(num_envs)]
+        self.seeds: list[int | None] = list(seeds)
         self.buf = _buffers(self.spec, num_envs)
         n = self.spec.n_agents
         self.ep_return = np.zeros((num_envs, n), np.float64)
@@ -109,10 +117,10 @@ class _Envs:
         self.ep_return[k] = 0.0
         self.ep_len[k] = 0
 
-    def reset(self, seed: int | None = None) -> dict[str, np.ndarray]:
+    def reset(self, seeds: list[int] | None = None) -> dict[str, np.ndarray]:
         for k in range(len(self.envs)):
-            if seed is not None:
-                self.seeds[k] = seed + k
+            if seeds is not None:
+                self.seeds[k] = seeds[k]
             self._reset_env(k)
         return self.buf
 
@@ -179,9 +187,9 @@ class _Envs:
             env.close()
 
 
-def _worker(conn, make_fn, num_envs, seed, spec):
+def _worker(conn, make_fn, seeds, spec):
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the training process's to handle
-    envs = _Envs(make_fn, num_envs, seed, spec)
+    envs = _Envs(make_fn, seeds, spec)
     try:
         while True:
             cmd, arg = conn.recv()
@@ -222,8 +230,9 @@ class VecEnv:
         probe = make_fn()
         self.spec = EnvSpec.from_env(probe, name=getattr(make_fn, "env_name", ""))
         probe.close()
+        seeds = env_seeds(seed, num_envs)
         if workers == 0:
-            self._local = _Envs(make_fn, num_envs, seed, self.spec)
+            self._local = _Envs(make_fn, seeds, self.spec)
             return
         ctx = mp.get_context("forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn")
         sizes = [len(c) for c in np.array_split(np.arange(num_envs), workers)]
@@ -231,7 +240,7 @@ class VecEnv:
         self._conns, self._procs = [], []
         for w, size in enumerate(sizes):
             parent, child = ctx.Pipe()
-            proc = ctx.Process(target=_worker, args=(child, make_fn, size, seed + start, self.spec), daemon=True)
+            proc = ctx.Process(target=_worker, args=(child, make_fn, seeds[start:start + size], self.spec), daemon=True)
             proc.start()
             child.close()
             self._conns.append(parent)
@@ -259,10 +268,11 @@ class VecEnv:
         return self._buf
 
     def reset(self, seed: int | None = None) -> dict[str, np.ndarray]:
-        """Reset every env; with a seed, env k is reseeded with seed + k."""
+        """Reset every env; with a seed, env k is reseeded with env_seeds(seed, E)[k]."""
+        seeds = None if seed is None else env_seeds(seed, self.num_envs)
         if self.workers == 0:
-            return self._local.reset(seed)
-        args = [None if seed is None else seed + s.start for s in self._slices]
+            return self._local.reset(seeds)
+        args = [None if seeds is None else seeds[s] for s in self._slices]
         return self._gather(self._call("reset", args))
 
     def step(self, actions: np.ndarray) -> tuple[dict[str, np.ndarray], list[EpisodeStats]]:
