@@ -5,7 +5,9 @@ with the raw env step rate and, optionally, EPyMARL (../shared/bench/epymarl/run
 Each of our runs is a separate `marl train` process, timed from the outside like the peer
 (wall time includes start-up and evaluation). Reported per run: wall seconds, training env
 steps/s (= steps / wall, EPyMARL's convention), greedy eval return over all 25 steps at
-the end, and score = 1 - R / R_random with R_random = -79.64 (25 steps).
+the end, and score = 1 - R / R_random with R_random = -79.64 (25 steps). After the timed
+run, `marl evaluate` re-runs the final greedy policy on --final-episodes episodes (default
+1000) outside the timing: one 100-episode evaluation has a standard error of about 1.4.
 
   python scripts/bench_spread.py --algos mappo,ippo --seeds 1,2,3 [--peer mappo,ippo] [--out bench-results]
 """
@@ -32,7 +34,14 @@ def raw_env_rate(duration: float) -> float:
     return float(line.split()[2].replace(",", ""))
 
 
-def ours(algo: str, seed: int, steps: int, out: Path, extra: list[str]) -> dict:
+def evaluate(run_dir: Path, episodes: int) -> float:
+    """Greedy team return of a run's final checkpoint over `episodes` episodes."""
+    cmd = [sys.executable, "-m", "marl.cli", "evaluate", "--checkpoint", str(run_dir), "--episodes", str(episodes), "--device", "cpu"]
+    out = subprocess.run(cmd, check=True, cwd=ROOT, capture_output=True, text=True).stdout
+    return float(next(line for line in out.splitlines() if line.startswith("eval/return_mean:")).split()[1])
+
+
+def ours(algo: str, seed: int, steps: int, out: Path, extra: list[str], final_episodes: int) -> dict:
     run_dir = out / f"marl_{algo}_seed{seed}"
     cmd = [sys.executable, "-m", "marl.cli", "train", "--algo", algo, "--env", "mpe2/simple_spread_v3", "--steps", str(steps),
            "--seed", str(seed), "--run-dir", str(run_dir), "--overwrite", "--wandb", "disabled", "--progress", "false", *extra]
@@ -43,8 +52,10 @@ def ours(algo: str, seed: int, steps: int, out: Path, extra: list[str]) -> dict:
     curve = [(r["step"], r["eval/return_mean"]) for r in rows if "eval/return_mean" in r]
     final = curve[-1][1]
     loop = [r["perf/steps_per_s"] for r in rows if "perf/steps_per_s" in r][-1]  # collection + updates only
+    precise = evaluate(run_dir, final_episodes) if final_episodes else None
     return {"who": "marl", "algo": algo, "seed": seed, "wall_s": wall, "steps_per_s": steps / wall, "loop_steps_per_s": loop, "eval_return": final,
-            "score": 1 - final / RANDOM_RETURN_25, "curve": curve, "command": " ".join(cmd[1:])}
+            "score": 1 - final / RANDOM_RETURN_25, "final_episodes": final_episodes, "final_return": precise,
+            "final_score": None if precise is None else 1 - precise / RANDOM_RETURN_25, "curve": curve, "command": " ".join(cmd[1:])}
 
 
 def peer(algo: str, seed: int, steps: int, out: Path) -> dict:
@@ -64,6 +75,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=200_000)
     ap.add_argument("--out", default="bench-results")
     ap.add_argument("--extra", default="", help="extra flags for marl train, e.g. '--num-envs 16'")
+    ap.add_argument("--final-episodes", type=int, default=1000, help="greedy episodes to re-evaluate each final policy on, untimed (0: skip)")
     args = ap.parse_args()
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -77,10 +89,16 @@ def main() -> None:
             print(f"epymarl {algo} seed {seed}: wall {r['wall_s']:.0f}s, {r['steps_per_s']:.0f} steps/s, eval {r['eval_return']:.2f} (24 steps), score {r['score']:.3f}", flush=True)
     for algo in args.algos.split(","):
         for seed in seeds:
-            r = ours(algo, seed, args.steps, out, args.extra.split())
+            r = ours(algo, seed, args.steps, out, args.extra.split(), args.final_episodes)
             results["runs"].append(r)
+            precise = f"; {r['final_episodes']} episodes {r['final_return']:.2f}, score {r['final_score']:.3f}" if r["final_return"] is not None else ""
             print(f"marl {algo} seed {seed}: wall {r['wall_s']:.0f}s, {r['steps_per_s']:.0f} steps/s "
-                  f"(training loop {r['loop_steps_per_s']:.0f}), eval {r['eval_return']:.2f} (25 steps), score {r['score']:.3f}", flush=True)
+                  f"(training loop {r['loop_steps_per_s']:.0f}), eval {r['eval_return']:.2f} (25 steps), score {r['score']:.3f}{precise}", flush=True)
+        mine = [r for r in results["runs"] if r["who"] == "marl" and r["algo"] == algo]
+        for key, label in (("eval_return", "eval"), ("final_return", f"{args.final_episodes}-episode")):
+            if len(mine) > 1 and all(r[key] is not None for r in mine):
+                mean = sum(r[key] for r in mine) / len(mine)
+                print(f"marl {algo} mean of {len(mine)} seeds ({label}): {mean:.2f}, score {1 - mean / RANDOM_RETURN_25:.3f}", flush=True)
     results["raw_env_steps_per_s_after"] = raw_env_rate(5.0)
     print(f"raw env rate after: {results['raw_env_steps_per_s_after']:,.0f} steps/s")
     (out / "bench_spread.json").write_text(json.dumps(results, indent=2))
