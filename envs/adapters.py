@@ -1,4 +1,4 @@
-"""Adapters from gymnasium envs to PettingZoo ParallelEnvs.
+"""Adapters to PettingZoo ParallelEnvs (from gymnasium envs, and a leaner AEC-to-parallel step).
 
 - `GymParallel`: a single-agent gymnasium env as a one-agent ParallelEnv ("agent_0").
 - `TupleParallel`: a gymnasium env with Tuple observation/action spaces (one entry per
@@ -6,7 +6,8 @@
 - `CycleParallel`: PettingZoo's aec_to_parallel for AEC envs whose agents act in a fixed
   cycle, without the observation it computes and drops before every agent's move.
 
-Both keep terminated and truncated apart and return the final step's dicts in full.
+The gymnasium adapters keep terminated and truncated apart and return the final step's
+dicts in full.
 """
 from __future__ import annotations
 
