@@ -66,15 +66,16 @@ def test_action_mask_from_infos_feeds_avail():
     assert not np.take_along_axis(forbidden, targets[..., None], -1).any()
 
 
-def test_worker_processes_match_in_process_stepping():
-    factory = envs.make_factory("mpe2/simple_spread_v3", max_cycles=6)
-    inline, workers = VecEnv(factory, 4, seed=3), VecEnv(factory, 4, seed=3, workers=2)
+@pytest.mark.parametrize("continuous", [False, True])
+def test_worker_processes_match_in_process_stepping(continuous):
+    factory = envs.make_factory("mpe2/simple_spread_v3", max_cycles=6, continuous_actions=continuous)
+    inline, workers = VecEnv(factory, 5, seed=3), VecEnv(factory, 5, seed=3, workers=2)  # uneven split: 3 + 2 envs
     try:
         a, b = inline.reset(), workers.reset()
         np.testing.assert_array_equal(a["obs"], b["obs"])
         rng = np.random.default_rng(1)
         for _ in range(13):
-            actions = _random_actions(a["avail"], rng)
+            actions = rng.uniform(0, 1, (5, 3, 5)).astype(np.float32) if continuous else _random_actions(a["avail"], rng)
             (a, ea), (b, eb) = inline.step(actions), workers.step(actions)
             for key in a:
                 np.testing.assert_array_equal(a[key], b[key], err_msg=key)
@@ -83,9 +84,10 @@ def test_worker_processes_match_in_process_stepping():
         workers.close()
 
 
-@pytest.mark.parametrize("name", ["mpe2/simple_spread_v3", "builtin/grid", "pettingzoo.classic/connect_four_v3"])
-def test_env_snapshot_restores_exactly(name):
-    vec = VecEnv(envs.make_factory(name), 2, seed=0)
+@pytest.mark.parametrize("name, workers", [("mpe2/simple_spread_v3", 0), ("builtin/grid", 0),
+                                           ("pettingzoo.classic/connect_four_v3", 0), ("mpe2/simple_spread_v3", 2)])
+def test_env_snapshot_restores_exactly(name, workers):
+    vec = VecEnv(envs.make_factory(name), 2, seed=0, workers=workers)
     out = vec.reset()
     rng = np.random.default_rng(0)
     for _ in range(5):
@@ -105,6 +107,7 @@ def test_env_snapshot_restores_exactly(name):
     for x, y in zip(first, run()):
         for key in x:
             np.testing.assert_array_equal(x[key], y[key], err_msg=key)
+    vec.close()
 
 
 class _Exploding:

@@ -6,7 +6,9 @@ done [E] (the env's episode ended and the env was reset), final_obs/final_state 
 observation after an agent's last step, for bootstrapping a truncation).
 
 `workers=0` steps every env in this process; `workers=W` spreads the envs over W worker
-processes (pipes carry the numpy arrays).
+processes. Workers read actions from and write results into shared memory (each its own
+rows of the same arrays), so a step sends only a one-word command and the finished
+episodes' statistics through the pipes; pickling the arrays instead cost about 0.7 ms a step.
 """
 from __future__ import annotations
 
@@ -26,7 +28,6 @@ from gymnasium.utils import EzPickle
 from marl.core.errors import EnvStepError, MarlError
 from marl.core.spec import Encoder, EnvSpec
 
-STEP_FIELDS = ("obs", "state", "avail", "alive", "reward", "terminated", "truncated", "done", "final_obs", "final_state", "final_avail")
 OBS_FIELDS = ("obs", "state", "avail", "alive")
 
 
@@ -55,21 +56,42 @@ class _EnvPickler(pickle.Pickler):
         return NotImplemented
 
 
-def _buffers(spec: EnvSpec, e: int) -> dict[str, np.ndarray]:
+def _layout(spec: EnvSpec, e: int) -> dict[str, tuple[tuple[int, ...], type, int]]:
+    """field -> (shape, dtype, initial value) of the step arrays of E envs, plus the actions."""
     n, d, a, s = spec.n_agents, spec.obs_dim, spec.n_actions, spec.state_dim
+    f, b = np.float32, bool
     return {
-        "obs": np.zeros((e, n, d), np.float32),
-        "state": np.zeros((e, s), np.float32),
-        "avail": np.ones((e, n, a), bool),
-        "alive": np.zeros((e, n), bool),
-        "reward": np.zeros((e, n), np.float32),
-        "terminated": np.zeros((e, n), bool),
-        "truncated": np.zeros((e, n), bool),
-        "done": np.zeros(e, bool),
-        "final_obs": np.zeros((e, n, d), np.float32),
-        "final_state": np.zeros((e, s), np.float32),
-        "final_avail": np.ones((e, n, a), bool),
+        "obs": ((e, n, d), f, 0), "state": ((e, s), f, 0), "avail": ((e, n, a), b, 1), "alive": ((e, n), b, 0),
+        "reward": ((e, n), f, 0), "terminated": ((e, n), b, 0), "truncated": ((e, n), b, 0), "done": ((e,), b, 0),
+        "final_obs": ((e, n, d), f, 0), "final_state": ((e, s), f, 0), "final_avail": ((e, n, a), b, 1),
+        "actions": ((e, n), np.int64, 0) if spec.discrete else ((e, n, a), f, 0),
     }
+
+
+def _buffers(spec: EnvSpec, e: int, memory: Any = None, init: bool = True) -> dict[str, np.ndarray]:
+    """The step arrays (and "actions") of E envs: fresh, or views into `memory`, a shared
+    byte block of `_nbytes(spec, e)` bytes (fields laid out in order, 8-byte aligned), set to
+    their initial values only with `init` (a worker attaching must not overwrite the others' rows)."""
+    out, offset = {}, 0
+    for key, (shape, dtype, fill) in _layout(spec, e).items():
+        if memory is None:
+            out[key] = np.full(shape, fill, dtype)
+            continue
+        count = int(np.prod(shape))
+        out[key] = np.frombuffer(memory, dtype, count, offset).reshape(shape)
+        if init:
+            out[key][...] = fill
+        offset += -(-count * np.dtype(dtype).itemsize // 8) * 8
+    return out
+
+
+def _nbytes(spec: EnvSpec, e: int) -> int:
+    return sum(-(-int(np.prod(shape)) * np.dtype(dtype).itemsize // 8) * 8 for shape, dtype, _ in _layout(spec, e).values())
+
+
+def _rows(buf: dict[str, np.ndarray], rows: slice) -> dict[str, np.ndarray]:
+    """Views of the rows (envs) `rows` of every array."""
+    return {k: v[rows] for k, v in buf.items()}
 
 
 def env_seeds(seed: int, num_envs: int) -> list[int]:
@@ -82,13 +104,15 @@ def env_seeds(seed: int, num_envs: int) -> list[int]:
 class _Envs:
     """E envs in this process writing into shared buffers; the work of one runner or worker."""
 
-    def __init__(self, make_fn: Callable[[], Any], seeds: list[int], spec: EnvSpec | None):
+    def __init__(self, make_fn: Callable[[], Any], seeds: list[int], spec: EnvSpec | None,
+                 buf: dict[str, np.ndarray] | None = None):
         num_envs = len(seeds)
         self.envs = [make_fn() for _ in range(num_envs)]
         self.spec = spec or EnvSpec.from_env(self.envs[0], name=getattr(make_fn, "env_name", ""))
         self.enc = [Encoder(self.spec, env) for env in self.envs]
         self.seeds: list[int | None] = list(seeds)
-        self.buf = _buffers(self.spec, num_envs)
+        buf = buf if buf is not None else _buffers(self.spec, num_envs)
+        self.buf = {k: v for k, v in buf.items() if k != "actions"}
         n = self.spec.n_agents
         self.ep_return = np.zeros((num_envs, n), np.float64)
         self.ep_len = np.zeros(num_envs, np.int64)
@@ -180,26 +204,31 @@ class _Envs:
         return out.getvalue()
 
     def set_state(self, blob: bytes) -> None:
-        self.envs, self.seeds, self.ep_return, self.ep_len, self.buf = pickle.loads(blob)
+        self.envs, self.seeds, self.ep_return, self.ep_len, buf = pickle.loads(blob)
+        for key, value in buf.items():  # into the arrays in place: they may be shared with the main process
+            if key in self.buf:
+                self.buf[key][...] = value
 
     def close(self) -> None:
         for env in self.envs:
             env.close()
 
 
-def _worker(conn, make_fn, seeds, spec):
+def _worker(conn, make_fn, seeds, spec, memory, total, rows):
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the training process's to handle
-    envs = _Envs(make_fn, seeds, spec)
+    buf = _rows(_buffers(spec, total, memory, init=False), rows)
+    envs, actions = _Envs(make_fn, seeds, spec, buf), buf["actions"]
     try:
         while True:
             cmd, arg = conn.recv()
             if cmd == "step":
                 try:
-                    conn.send(("ok", envs.step(arg)))
+                    conn.send(("ok", envs.step(actions)[1]))
                 except MarlError as err:
                     conn.send(("error", err))
             elif cmd == "reset":
-                conn.send(("ok", envs.reset(arg)))
+                envs.reset(arg)
+                conn.send(("ok", None))
             elif cmd == "get_state":
                 conn.send(("ok", envs.get_state()))
             elif cmd == "set_state":
@@ -235,19 +264,22 @@ class VecEnv:
             self._local = _Envs(make_fn, seeds, self.spec)
             return
         ctx = mp.get_context("forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn")
+        memory = ctx.RawArray("b", _nbytes(self.spec, num_envs))  # shared with the workers, freed with the last user
+        self._buf = _buffers(self.spec, num_envs, memory)
+        self._actions = self._buf.pop("actions")
         sizes = [len(c) for c in np.array_split(np.arange(num_envs), workers)]
         self._slices, start = [], 0
         self._conns, self._procs = [], []
         for w, size in enumerate(sizes):
             parent, child = ctx.Pipe()
-            proc = ctx.Process(target=_worker, args=(child, make_fn, seeds[start:start + size], self.spec), daemon=True)
+            rows = slice(start, start + size)
+            proc = ctx.Process(target=_worker, args=(child, make_fn, seeds[rows], self.spec, memory, num_envs, rows), daemon=True)
             proc.start()
             child.close()
             self._conns.append(parent)
             self._procs.append(proc)
-            self._slices.append(slice(start, start + size))
+            self._slices.append(rows)
             start += size
-        self._buf = _buffers(self.spec, num_envs)
 
     def _call(self, cmd: str, args: list) -> list:
         try:
@@ -262,30 +294,25 @@ class VecEnv:
                 raise value
         return [value for _, value in replies]
 
-    def _gather(self, parts: list[dict]) -> dict[str, np.ndarray]:
-        for key in STEP_FIELDS:
-            np.concatenate([p[key] for p in parts], out=self._buf[key])
-        return self._buf
-
     def reset(self, seed: int | None = None) -> dict[str, np.ndarray]:
         """Reset every env; with a seed, env k is reseeded with env_seeds(seed, E)[k]."""
         seeds = None if seed is None else env_seeds(seed, self.num_envs)
         if self.workers == 0:
             return self._local.reset(seeds)
-        args = [None if seeds is None else seeds[s] for s in self._slices]
-        return self._gather(self._call("reset", args))
+        self._call("reset", [None if seeds is None else seeds[s] for s in self._slices])
+        return self._buf
 
     def step(self, actions: np.ndarray) -> tuple[dict[str, np.ndarray], list[EpisodeStats]]:
         """Step every env with actions [E,N] (discrete) or [E,N,A] (continuous)."""
         if self.workers == 0:
             return self._local.step(actions)
-        replies = self._call("step", [actions[s] for s in self._slices])
+        self._actions[...] = actions
         episodes = []
-        for sl, (_, eps) in zip(self._slices, replies):
+        for rows, eps in zip(self._slices, self._call("step", [None] * self.workers)):
             for ep in eps:
-                ep.env += sl.start
+                ep.env += rows.start
                 episodes.append(ep)
-        return self._gather([r[0] for r in replies]), episodes
+        return self._buf, episodes
 
     def render(self, k: int = 0):
         """Frame of env k (in-process envs only; the env must be built with a render_mode)."""
