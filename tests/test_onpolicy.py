@@ -53,15 +53,42 @@ def test_team_value_critic_takes_the_state_once(recurrent):
     first = lambda net: next(p for n, p in net.named_parameters() if "weight" in n)  # noqa: E731
     assert first(team.critic).shape[-2] == spec.state_dim
     assert first(own.critic).shape[-2] == spec.state_dim + spec.n_agents
-    _, _, extras = team.act(inputs, team.initial_hidden(4), explore=True)
-    v = extras["value"]
+    value = lambda learner, x: learner._value(x["obs"], x["state"], learner._split(learner.initial_hidden(4))[1])[0]  # noqa: E731
+    v = value(team, inputs)
     assert v.shape == (4, spec.n_agents) and torch.equal(v, v[:, :1].expand_as(v))
     moved = {**inputs, "obs": inputs["obs"] + 1.0}  # the team critic reads the state only
-    assert torch.equal(team.act(moved, team.initial_hidden(4), explore=True)[2]["value"], v)
-    _, _, extras = own.act(inputs, own.initial_hidden(4), explore=True)
-    assert not torch.equal(extras["value"], extras["value"][:, :1].expand_as(extras["value"]))
-    greedy = team.act(inputs, team.initial_hidden(4), explore=False)[2]
-    assert "value" not in greedy  # evaluation skips the critic
+    assert torch.equal(value(team, moved), v)
+    mine = value(own, inputs)
+    assert not torch.equal(mine, mine[:, :1].expand_as(mine))
+    explored = team.act(inputs, team.initial_hidden(4), explore=True)[2]
+    assert ("value" in explored) == recurrent  # a feed-forward critic runs once per rollout, in the update
+    torch.testing.assert_close(explored.get("value", v), v)
+    assert "value" not in team.act(inputs, team.initial_hidden(4), explore=False)[2]  # evaluation skips the critic
+    vec.close()
+
+
+@pytest.mark.parametrize("algo", ["ippo", "mappo"])
+def test_rollout_values_in_one_pass_match_step_by_step(algo):
+    """The update's single critic pass over a rollout gives, for every step, the value of that
+    step's observation and, as next value, the final observation's where the agent's episode
+    ended (time limit 5 < rollout 8, so envs reset mid-rollout) and the next step's otherwise."""
+    import envs
+    from marl.core.rollout import Collector
+    from marl.core.vec import VecEnv
+
+    vec = VecEnv(envs.make_factory("mpe2/simple_spread_v3", max_cycles=5), 3, seed=0)
+    entry = ALGOS.get(algo)
+    learner = entry.learner(entry.make_config(reward="sum"), vec.spec, torch.device("cpu"))
+    b, _ = Collector(vec, learner, torch.device("cpu")).collect(8)
+    values, next_values = learner._rollout_values(b)
+    value = lambda obs, state: learner._value(obs, state)[0]  # noqa: E731
+    ended = b["terminated"] | b["truncated"]
+    assert ended.any() and not ended.all()
+    for t in range(8):
+        torch.testing.assert_close(values[t], value(b["obs"][t], b["state"][t]))
+        after = value(b["next_obs"], b["next_state"]) if t == 7 else values[t + 1]
+        expected = torch.where(ended[t], value(b["final_obs"][t], b["final_state"][t]), after)
+        torch.testing.assert_close(next_values[t], expected)
     vec.close()
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from marl.algos.optim import adam
+from marl.algos.optim import adam, clip_grad_norm
 from marl.algos.registry import ALGOS, AlgoEntry
 from marl.algos.returns import RunningNorm, gae, normalize, preserve_outputs, team_reward
 from marl.core.errors import check
@@ -127,7 +127,8 @@ class OnPolicyLearner(torch.nn.Module):
             self.register_buffer("groups", groups)
         self.value_norm = RunningNorm()
         self.to(device)
-        self.opt = adam(self.parameters(), config.lr, eps=1e-5)
+        self.params = list(self.parameters())
+        self.opt = adam(self.params, config.lr, eps=1e-5)
         self.gen = torch.Generator(device=device)
         self.gen.manual_seed(seed)
         self.n = n
@@ -169,14 +170,15 @@ class OnPolicyLearner(torch.nn.Module):
 
     @torch.no_grad()
     def act(self, inputs: dict, hidden, explore: bool):
-        """Sample (explore) or take the greedy action. Exploring also returns the log-prob and
-        the denormalised value the update needs; greedy acting (evaluation) skips the critic."""
+        """Sample (explore) or take the greedy action. Exploring also returns the log-prob the
+        update needs and, for a recurrent critic (whose state must advance with the rollout),
+        the denormalised value; a feed-forward critic runs once per rollout in the update."""
         ha, hc = self._split(hidden)
         out, ha = self.actor(self._actor_in(inputs["obs"]), ha)
         extras = {}
-        if explore:
+        if explore and self.cfg.recurrent:
             value, hc = self._value(inputs["obs"], inputs["state"], hc)
-            extras["value"] = self.value_norm.denormalize(value) if self.cfg.value_norm else value
+            extras["value"] = self._denormalize(value)
         if self.spec.discrete:
             logits = mask_logits(out, inputs["avail"])
             if not explore:
@@ -215,34 +217,43 @@ class OnPolicyLearner(torch.nn.Module):
         log_std = self._log_std().expand_as(out)
         return gaussian_logp(out, log_std, b["actions"]), gaussian_entropy(log_std), values
 
+    def _denormalize(self, value: torch.Tensor) -> torch.Tensor:
+        return self.value_norm.denormalize(value) if self.cfg.value_norm else value
+
     @torch.no_grad()
-    def _bootstrap_values(self, b: dict) -> torch.Tensor:
-        """next_values[t]: value of the observation after step t ([T, E, N], denormalised)."""
-        h_last = self._split(self.initial_hidden(b["next_obs"].shape[0]))[1]
-        last = self._value(b["next_obs"], b["next_state"], h_last)[0]
-        h_final = None if h_last is None else h_last.repeat(b["final_obs"].shape[0], 1, 1)
-        final = self._value(b["final_obs"].flatten(0, 1), b["final_state"].flatten(0, 1), h_final)[0].view(b["reward"].shape)
-        if self.cfg.value_norm:
-            last, final = self.value_norm.denormalize(last), self.value_norm.denormalize(final)
-        nxt = torch.cat([b["value"][1:], last.unsqueeze(0)])
-        ended = b["terminated"] | b["truncated"]
-        return torch.where(ended, final, nxt)
+    def _rollout_values(self, b: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """(values, next_values), [T, E, N], denormalised: the value of the observation at and
+        after every step t. A feed-forward critic evaluates the rollout's observations, the
+        last ones and the final ones of ended episodes in one batched pass; a recurrent one
+        had its values computed while acting and starts the bootstrap ones from zero state."""
+        T, E = b["reward"].shape[:2]
+        ff = not self.cfg.recurrent
+        obs = [b["obs"].flatten(0, 1)] if ff else []
+        state = [b["state"].flatten(0, 1)] if ff else []
+        obs += [b["next_obs"], b["final_obs"].flatten(0, 1)]
+        state += [b["next_state"], b["final_state"].flatten(0, 1)]
+        h0 = self._split(self.initial_hidden((T + 1) * E))[1]
+        v = self._denormalize(self._value(torch.cat(obs), torch.cat(state), h0)[0])
+        values = v[:T * E].view(T, E, -1) if ff else b["value"]
+        last, final = v[-(T + 1) * E:].split([E, T * E])
+        nxt = torch.cat([values[1:], last.unsqueeze(0)])
+        return values, torch.where(b["terminated"] | b["truncated"], final.view(T, E, -1), nxt)
 
     def update(self, b: dict) -> dict[str, float]:
         cfg = self.cfg
         ended = b["terminated"] | b["truncated"] | b["done"].unsqueeze(-1)
-        next_values = self._bootstrap_values(b)
+        values, next_values = self._rollout_values(b)
         rewards = team_reward(b["reward"], cfg.reward)
-        adv, returns = gae(rewards, b["value"], next_values, b["terminated"], ended, cfg.gamma, cfg.gae_lambda)
+        adv, returns = gae(rewards, values, next_values, b["terminated"], ended, cfg.gamma, cfg.gae_lambda)
         mask = b["alive"]
         if cfg.value_norm:
             old = (self.value_norm.mean.clone(), self.value_norm.std) if cfg.popart else None
             self.value_norm.update(returns[mask])
             if old is not None:
                 preserve_outputs(self.critic.output_layer, *old, self.value_norm.mean, self.value_norm.std)
-            target, old_v = self.value_norm.normalize(returns), self.value_norm.normalize(b["value"])
+            target, old_v = self.value_norm.normalize(returns), self.value_norm.normalize(values)
         else:
-            target, old_v = returns, b["value"]
+            target, old_v = returns, values
         if cfg.norm_adv:
             adv = normalize(adv, mask)
         T, E = b["reward"].shape[:2]
@@ -285,7 +296,7 @@ class OnPolicyLearner(torch.nn.Module):
         loss = pg_loss + cfg.vf_coef * v_loss - cfg.ent_coef * entropy
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
-        gnorm = torch.nn.utils.clip_grad_norm_(self.parameters(), cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf"))
+        gnorm = clip_grad_norm(self.params, cfg.max_grad_norm)
         self.opt.step()
         with torch.no_grad():
             kl = mean((ratio - 1) - log_ratio)

@@ -13,6 +13,20 @@ def adam(params, lr: float, eps: float = 1e-8) -> torch.optim.Optimizer:
         return torch.optim.Adam(params, lr=lr, eps=eps, foreach=True)
 
 
+def clip_grad_norm(params: list[torch.Tensor], max_norm: float) -> torch.Tensor:
+    """Scale the gradients of `params` so that their joint L2 norm is at most `max_norm` (0 = no
+    clipping) and return the norm before scaling, as torch.nn.utils.clip_grad_norm_ does, but
+    with two multi-tensor ops: torch's loops over the parameters on CPU, which cost ~0.3 ms
+    of a ~4 ms PPO gradient step on simple_spread."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return torch.zeros(())
+    norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+    if max_norm > 0:
+        torch._foreach_mul_(grads, (max_norm / (norm + 1e-6)).clamp(max=1.0))
+    return norm
+
+
 def rmsprop(params, lr: float, eps: float = 1e-5) -> torch.optim.Optimizer:
     return torch.optim.RMSprop(params, lr=lr, alpha=0.99, eps=eps)
 

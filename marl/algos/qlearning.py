@@ -35,7 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from marl.algos.mixers import MIXERS
-from marl.algos.optim import OPTIMISERS
+from marl.algos.optim import OPTIMISERS, clip_grad_norm
 from marl.algos.qtran_learner import QTranHead
 from marl.algos.registry import ALGOS, AlgoEntry
 from marl.algos.replay import EpisodeBuilder, EpisodeReplay
@@ -396,7 +396,7 @@ class QLearner(nn.Module):
         parts = self.head.loss(self.target_head, self._context(s), self._targets)
         self.opt.zero_grad(set_to_none=True)
         parts["loss"].backward()
-        gnorm = torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf"))
+        gnorm = clip_grad_norm(self.params, cfg.max_grad_norm)
         self.opt.step()
         self.grad_steps += 1
         self._update_targets()

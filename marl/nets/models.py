@@ -4,6 +4,7 @@ agents share weights (see `marl.nets.sharing`).
 """
 from __future__ import annotations
 
+import functools
 from typing import Callable, Sequence
 
 import torch
@@ -31,11 +32,15 @@ def _run(layers: nn.Sequential, x: torch.Tensor, agent_major: bool) -> torch.Ten
     return x
 
 
+@functools.lru_cache(maxsize=32)
+def _eye(n: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    return torch.eye(n, dtype=dtype, device=device)
+
+
 def with_agent_id(x: torch.Tensor) -> torch.Tensor:
     """x[..., N, D] -> [..., N, D + N]: a one-hot agent id appended to each agent's input."""
     n = x.shape[-2]
-    eye = torch.eye(n, dtype=x.dtype, device=x.device).expand(*x.shape[:-2], n, n)
-    return torch.cat([x, eye], dim=-1)
+    return torch.cat([x, _eye(n, x.dtype, x.device).expand(*x.shape[:-2], n, n)], dim=-1)
 
 
 class MLP(nn.Module):
