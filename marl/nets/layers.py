@@ -117,7 +117,7 @@ class GroupLayerNorm(nn.Module):
         """x[..., N, D] (or [N, B, D] with agent_major) normalised, then scaled and shifted
         by each agent's group."""
         if self.mode == "shared":
-            return F.layer_norm(x, (self.dim,), self.weight[0], self.bias[0], self.eps)
+            return F.layer_norm(x, (self.dim,), self.weight.view(self.dim), self.bias.view(self.dim), self.eps)
         w, b = self.weight, self.bias
         if self.mode == "gather":
             w, b = w.index_select(0, self.groups), b.index_select(0, self.groups)
