@@ -93,3 +93,31 @@ def test_popart_keeps_denormalised_outputs():
     assert not torch.allclose(norm.denormalize(net(x)[0]), before)  # without the rescale values jump
     preserve_outputs(net.output_layer, old_mean, old_std, norm.mean, norm.std)
     torch.testing.assert_close(norm.denormalize(net(x)[0]), before, rtol=1e-5, atol=1e-4)
+
+
+def test_flat_parameters_train_exactly_like_separate_ones():
+    """`flatten` puts parameters and gradients into one buffer each; Adam and gradient clipping
+    over it give the same parameters, step by step, as over the separate tensors, and loading
+    a state dict writes into the buffer."""
+    import copy
+
+    from marl.algos.optim import adam, clip_grad_norm, flatten
+
+    torch.manual_seed(0)
+    ref = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2))
+    net = copy.deepcopy(ref)
+    flat = flatten(net.parameters())
+    assert all(p.untyped_storage().data_ptr() == flat.untyped_storage().data_ptr() for p in net.parameters())
+    opt_ref, opt = adam(list(ref.parameters()), 0.05), adam([flat], 0.05)
+    x = torch.randn(16, 4)
+    for _ in range(4):
+        for model, o, params in ((ref, opt_ref, list(ref.parameters())), (net, opt, [flat])):
+            o.zero_grad(set_to_none=False)
+            model(x).square().sum().backward()
+            norm = clip_grad_norm(params, 1.0)
+            o.step()
+        assert norm > 1.0  # the clip was active
+        for a, b in zip(ref.parameters(), net.parameters()):
+            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    net.load_state_dict(copy.deepcopy(ref).state_dict() | {"0.bias": torch.full((8,), 3.0)})
+    assert (flat[4 * 8:4 * 8 + 8] == 3.0).all()

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from marl.algos.optim import adam, clip_grad_norm
+from marl.algos.optim import adam, clip_grad_norm, flatten
 from marl.algos.registry import ALGOS, AlgoEntry
 from marl.algos.returns import RunningNorm, gae, normalize, preserve_outputs, team_reward
 from marl.core.errors import check
@@ -127,7 +127,7 @@ class OnPolicyLearner(torch.nn.Module):
             self.register_buffer("groups", groups)
         self.value_norm = RunningNorm()
         self.to(device)
-        self.params = list(self.parameters())
+        self.params = [flatten(self.parameters())]  # a list, so that the module does not register it twice
         self.opt = adam(self.params, config.lr, eps=1e-5)
         self.gen = torch.Generator(device=device)
         self.gen.manual_seed(seed)
@@ -294,7 +294,7 @@ class OnPolicyLearner(torch.nn.Module):
             v_loss = torch.max(v_loss, (clipped - ret) ** 2)
         v_loss, entropy = mean(v_loss), mean(ent)
         loss = pg_loss + cfg.vf_coef * v_loss - cfg.ent_coef * entropy
-        self.opt.zero_grad(set_to_none=True)
+        self.opt.zero_grad(set_to_none=False)  # the gradients are views of one buffer: zero it in place
         loss.backward()
         gnorm = clip_grad_norm(self.params, cfg.max_grad_norm)
         self.opt.step()

@@ -13,6 +13,28 @@ def adam(params, lr: float, eps: float = 1e-8) -> torch.optim.Optimizer:
         return torch.optim.Adam(params, lr=lr, eps=eps, foreach=True)
 
 
+def flatten(params) -> torch.nn.Parameter:
+    """Move `params` (one device and dtype) into one contiguous buffer: each parameter becomes a
+    view of it and its gradient a view of one gradient buffer, which backward accumulates into
+    in place. Returns a parameter over the whole buffer whose .grad is the whole gradient: give
+    it to the optimiser and to `clip_grad_norm`, and zero gradients with
+    `opt.zero_grad(set_to_none=False)`. Each then costs one op per step instead of one per
+    tensor (~0.2 ms of a ~3 ms PPO gradient step with 20 tensors on CPU). Call it after
+    moving the module to its device: `.to()` replaces the views."""
+    params = list(params)
+    flat = torch.cat([p.detach().reshape(-1) for p in params])
+    grad = torch.zeros_like(flat)
+    offset = 0
+    for p in params:
+        n = p.numel()
+        p.data = flat[offset:offset + n].view_as(p)
+        p.grad = grad[offset:offset + n].view_as(p)
+        offset += n
+    out = torch.nn.Parameter(flat)
+    out.grad = grad
+    return out
+
+
 def clip_grad_norm(params: list[torch.Tensor], max_norm: float) -> torch.Tensor:
     """Scale the gradients of `params` so that their joint L2 norm is at most `max_norm` (0 = no
     clipping) and return the norm before scaling, as torch.nn.utils.clip_grad_norm_ does, but

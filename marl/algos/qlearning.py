@@ -35,7 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from marl.algos.mixers import MIXERS
-from marl.algos.optim import OPTIMISERS, clip_grad_norm
+from marl.algos.optim import OPTIMISERS, clip_grad_norm, flatten
 from marl.algos.qtran_learner import QTranHead
 from marl.algos.registry import ALGOS, AlgoEntry
 from marl.algos.replay import EpisodeBuilder, EpisodeReplay
@@ -280,7 +280,7 @@ class QLearner(nn.Module):
             p.requires_grad_(False)
         self.reward_norm = RunningNorm()
         self.to(device)
-        self.params = [*self.net.parameters(), *self.head.parameters()]
+        self.params = [flatten([*self.net.parameters(), *self.head.parameters()])]  # one buffer (marl.algos.optim.flatten)
         self.opt = OPTIMISERS[cfg.optimiser](self.params, cfg.lr)
         self.act_gen = torch.Generator(device=device)
         self.act_gen.manual_seed(seed)
@@ -394,7 +394,7 @@ class QLearner(nn.Module):
     def _train_step(self, s: dict) -> dict[str, Tensor]:
         cfg = self.cfg
         parts = self.head.loss(self.target_head, self._context(s), self._targets)
-        self.opt.zero_grad(set_to_none=True)
+        self.opt.zero_grad(set_to_none=False)  # the gradients are views of one buffer: zero it in place
         parts["loss"].backward()
         gnorm = clip_grad_norm(self.params, cfg.max_grad_norm)
         self.opt.step()
