@@ -9,6 +9,11 @@ the end, and score = 1 - R / R_random with R_random = -79.64 (25 steps). After t
 run, `marl evaluate` re-runs the final greedy policy on --final-episodes episodes (default
 1000) outside the timing: one 100-episode evaluation has a standard error of about 1.4.
 
+With --peer, each algorithm's runs are timed in the order ours, peer, ours (same seed, same
+result; the second run of ours only times): this machine's speed drifts by more than
+the effects measured, and the mean of two runs on either side of the peer cancels a drift
+that is linear in time. The ratio to the peer uses that mean wall time.
+
   python scripts/bench_spread.py --algos mappo,ippo --seeds 1,2,3 [--peer mappo,ippo] [--out bench-results]
 """
 from __future__ import annotations
@@ -41,8 +46,8 @@ def evaluate(run_dir: Path, episodes: int) -> float:
     return float(next(line for line in out.splitlines() if line.startswith("eval/return_mean:")).split()[1])
 
 
-def ours(algo: str, seed: int, steps: int, out: Path, extra: list[str], final_episodes: int) -> dict:
-    run_dir = out / f"marl_{algo}_seed{seed}"
+def ours(algo: str, seed: int, steps: int, out: Path, extra: list[str], final_episodes: int, tag: str = "") -> dict:
+    run_dir = out / f"marl_{algo}_seed{seed}{tag}"
     cmd = [sys.executable, "-m", "marl.cli", "train", "--algo", algo, "--env", "mpe2/simple_spread_v3", "--steps", str(steps),
            "--seed", str(seed), "--run-dir", str(run_dir), "--overwrite", "--wandb", "disabled", "--progress", "false", *extra]
     t0 = time.perf_counter()
@@ -55,7 +60,8 @@ def ours(algo: str, seed: int, steps: int, out: Path, extra: list[str], final_ep
     precise = evaluate(run_dir, final_episodes) if final_episodes else None
     return {"who": "marl", "algo": algo, "seed": seed, "wall_s": wall, "steps_per_s": steps / wall, "loop_steps_per_s": loop, "eval_return": final,
             "score": 1 - final / RANDOM_RETURN_25, "final_episodes": final_episodes, "final_return": precise,
-            "final_score": None if precise is None else 1 - precise / RANDOM_RETURN_25, "curve": curve, "command": " ".join(cmd[1:])}
+            "final_score": None if precise is None else 1 - precise / RANDOM_RETURN_25, "curve": curve, "command": " ".join(cmd[1:]),
+            "timing_repeat": bool(tag)}
 
 
 def peer(algo: str, seed: int, steps: int, out: Path) -> dict:
@@ -82,19 +88,33 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     results = {"raw_env_steps_per_s_before": raw_env_rate(5.0), "runs": []}
     print(f"raw env rate: {results['raw_env_steps_per_s_before']:,.0f} steps/s", flush=True)
-    for algo in [a for a in args.peer.split(",") if a]:
+    peers, algos = [a for a in args.peer.split(",") if a], args.algos.split(",")
+
+    def run_peer(algo: str, seed: int) -> dict:
+        p = peer(algo, seed, args.steps, out)
+        results["runs"].append(p)
+        print(f"epymarl {algo} seed {seed}: wall {p['wall_s']:.0f}s, {p['steps_per_s']:.0f} steps/s, eval {p['eval_return']:.2f} (24 steps), score {p['score']:.3f}", flush=True)
+        return p
+
+    for algo in [a for a in peers if a not in algos]:
         for seed in seeds:
-            r = peer(algo, seed, args.steps, out)
-            results["runs"].append(r)
-            print(f"epymarl {algo} seed {seed}: wall {r['wall_s']:.0f}s, {r['steps_per_s']:.0f} steps/s, eval {r['eval_return']:.2f} (24 steps), score {r['score']:.3f}", flush=True)
-    for algo in args.algos.split(","):
+            run_peer(algo, seed)
+    for algo in algos:
         for seed in seeds:
             r = ours(algo, seed, args.steps, out, args.extra.split(), args.final_episodes)
             results["runs"].append(r)
             precise = f"; {r['final_episodes']} episodes {r['final_return']:.2f}, score {r['final_score']:.3f}" if r["final_return"] is not None else ""
             print(f"marl {algo} seed {seed}: wall {r['wall_s']:.0f}s, {r['steps_per_s']:.0f} steps/s "
                   f"(training loop {r['loop_steps_per_s']:.0f}), eval {r['eval_return']:.2f} (25 steps), score {r['score']:.3f}{precise}", flush=True)
-        mine = [r for r in results["runs"] if r["who"] == "marl" and r["algo"] == algo]
+            if algo not in peers:
+                continue
+            p = run_peer(algo, seed)
+            again = ours(algo, seed, args.steps, out, args.extra.split(), 0, tag="_again")
+            results["runs"].append(again)
+            mean_wall = (r["wall_s"] + again["wall_s"]) / 2
+            print(f"marl {algo} seed {seed} again: wall {again['wall_s']:.0f}s (training loop {again['loop_steps_per_s']:.0f}), "
+                  f"eval {again['eval_return']:.2f}; mean wall {mean_wall:.0f}s = {p['wall_s'] / mean_wall:.2f}x the peer's speed", flush=True)
+        mine = [r for r in results["runs"] if r["who"] == "marl" and r["algo"] == algo and not r["timing_repeat"]]
         for key, label in (("eval_return", "eval"), ("final_return", f"{args.final_episodes}-episode")):
             if len(mine) > 1 and all(r[key] is not None for r in mine):
                 mean = sum(r[key] for r in mine) / len(mine)
