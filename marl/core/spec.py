@@ -54,7 +54,6 @@ class EnvSpec:
     has_action_mask: bool
     action_low: tuple[tuple[float, ...], ...] = ()
     action_high: tuple[tuple[float, ...], ...] = ()
-    episode_limit: int | None = None
     name: str = ""
 
     @property
@@ -75,7 +74,7 @@ class EnvSpec:
         return self.action_kind == "discrete"
 
     @classmethod
-    def from_env(cls, env: Any, name: str = "", episode_limit: int | None = None) -> "EnvSpec":
+    def from_env(cls, env: Any, name: str = "") -> "EnvSpec":
         agents = tuple(env.possible_agents)
         if not agents:
             raise MarlError(f"env '{name}' has no agents", "check that the factory builds a PettingZoo env with possible_agents")
@@ -104,7 +103,7 @@ class EnvSpec:
             space = getattr(env, "state_space", None)
             if isinstance(space, spaces.Box):
                 has_state, state_dim = True, int(np.prod(space.shape))
-        return cls(agents, obs_dims, kind, sizes, state_dim, has_state, has_mask, low, high, episode_limit, name)
+        return cls(agents, obs_dims, kind, sizes, state_dim, has_state, has_mask, low, high, name)
 
 
 class Encoder:
