@@ -68,6 +68,11 @@ def _layout(spec: EnvSpec, e: int) -> dict[str, tuple[tuple[int, ...], type, int
     }
 
 
+def _size(shape: tuple[int, ...], dtype: type) -> int:
+    """Bytes of a field in the shared block, rounded up to 8 so that every field stays aligned."""
+    return -(-int(np.prod(shape)) * np.dtype(dtype).itemsize // 8) * 8
+
+
 def _buffers(spec: EnvSpec, e: int, memory: Any = None, init: bool = True) -> dict[str, np.ndarray]:
     """The step arrays (and "actions") of E envs: fresh, or views into `memory`, a shared
     byte block of `_nbytes(spec, e)` bytes (fields laid out in order, 8-byte aligned), set to
@@ -77,16 +82,15 @@ def _buffers(spec: EnvSpec, e: int, memory: Any = None, init: bool = True) -> di
         if memory is None:
             out[key] = np.full(shape, fill, dtype)
             continue
-        count = int(np.prod(shape))
-        out[key] = np.frombuffer(memory, dtype, count, offset).reshape(shape)
+        out[key] = np.frombuffer(memory, dtype, int(np.prod(shape)), offset).reshape(shape)
         if init:
             out[key][...] = fill
-        offset += -(-count * np.dtype(dtype).itemsize // 8) * 8
+        offset += _size(shape, dtype)
     return out
 
 
 def _nbytes(spec: EnvSpec, e: int) -> int:
-    return sum(-(-int(np.prod(shape)) * np.dtype(dtype).itemsize // 8) * 8 for shape, dtype, _ in _layout(spec, e).values())
+    return sum(_size(shape, dtype) for shape, dtype, _ in _layout(spec, e).values())
 
 
 def _rows(buf: dict[str, np.ndarray], rows: slice) -> dict[str, np.ndarray]:
