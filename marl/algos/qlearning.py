@@ -9,14 +9,7 @@ steps, each on `batch_size` episodes sampled from the replay. The trainer, colle
 checkpointing are the same as for the on-policy family; the replay, the builder's partial
 episodes, the epsilon counter and the generators are part of the checkpoint (extra_state).
 
-Episode layout in the replay: an episode of L steps is stored as L + 1 rows. Rows 0..L-1
-hold the observation, state and action mask the agents acted on plus that step's actions,
-rewards, flags and alive masks; row L holds the observation after the last step (the final
-observation, state and action mask, used to bootstrap a truncation). Where one agent's
-episode ends before the env's (per-agent termination), the row after its end holds that
-agent's final observation, so row t + 1 is always "the observation after step t" for every
-agent that was alive at t. The agents (feed-forward or GRU) run over all rows at once, so
-the online net gives both Q(o_t, .) and the double-Q argmax at o_{t+1}.
+Episode layout in the replay (L + 1 rows for L steps): `marl.algos.replay`.
 
 Targets (one step of the math, top to bottom in `_loss`):
     Q_i(o_t, u_t)                       chosen utilities (zero for agents not alive)
@@ -38,7 +31,7 @@ from marl.algos.mixers import MIXERS
 from marl.algos.optim import OPTIMISERS, clip_grad_norm, flatten
 from marl.algos.qtran_learner import QTranHead
 from marl.algos.registry import ALGOS, AlgoEntry
-from marl.algos.replay import EpisodeBuilder, EpisodeReplay
+from marl.algos.replay import STEP_KEYS, EpisodeBuilder, EpisodeReplay, episode_rows, segment_steps
 from marl.algos.returns import RunningNorm, masked_mean, team_reward
 from marl.algos.targets import nstep_targets, td_lambda_targets
 from marl.core.errors import MarlError, check
@@ -48,9 +41,6 @@ from marl.nets.models import AgentNet, with_agent_id
 from marl.nets.sharing import resolve_groups
 
 TEAM_MIXERS = ("vdn", "qmix", "qtran")
-STEP_KEYS = ("obs", "state", "avail", "alive", "actions", "reward", "terminated", "truncated",
-             "next_obs", "next_state", "next_avail", "next_alive")
-"""Per-step fields the episode builder keeps (see `segment_steps`)."""
 ENV_STEPS_PER_UPDATE = 50
 """Default replay ratio (updates_per_collect=0): one gradient step per this many env steps.
 Measured on simple_spread (QMIX, one-step targets, 8 envs, 200k steps, seed 1, 2 shared
@@ -207,36 +197,6 @@ def rewards_differ(reward: Tensor, alive: Tensor) -> bool:
     hi = reward.masked_fill(~alive, float("-inf")).amax(-1)
     lo = reward.masked_fill(~alive, float("inf")).amin(-1)
     return bool(((hi - lo) > 1e-6 * (1.0 + hi.abs())).any())
-
-
-def segment_steps(b: dict) -> dict[str, Tensor]:
-    """Per-step fields of a rollout segment ([T, E, ...]) for the episode builder, with
-    `next_obs / next_avail / next_state / next_alive`: the value after each step, the final
-    observation (and its mask) where an agent's or the env's episode ended. `next_alive` is
-    True for agents whose value after the step is bootstrapped: alive on, or truncated."""
-    done = b["done"]
-    ended = b["terminated"] | b["truncated"]
-    cut = ended | done.unsqueeze(-1)
-
-    def after(name: str) -> Tensor:  # value at t + 1 inside the segment, the segment's next_<name> after it
-        return torch.cat([b[name][1:], b[f"next_{name}"].unsqueeze(0)])
-
-    out = {k: b[k] for k in ("obs", "state", "avail", "alive", "actions", "reward", "terminated", "truncated")}
-    out["next_obs"] = torch.where(cut.unsqueeze(-1), b["final_obs"], after("obs"))
-    out["next_avail"] = torch.where(cut.unsqueeze(-1), b["final_avail"], after("avail"))
-    out["next_state"] = torch.where(done.unsqueeze(-1), b["final_state"], after("state"))
-    out["next_alive"] = torch.where(cut, b["truncated"], after("alive"))
-    out["done"] = done
-    return out
-
-
-def episode_rows(ep: dict[str, Tensor]) -> dict[str, Tensor]:
-    """An episode of L steps (from the builder) as the L + 1 replay rows (module docstring)."""
-    rows = {k: torch.cat([ep[k][:1], ep[f"next_{k}"]]) for k in ("obs", "state", "avail")}
-    for k in ("alive", "actions", "reward", "terminated", "truncated", "next_alive"):
-        x = ep[k]
-        rows[k] = torch.cat([x, x.new_zeros((1, *x.shape[1:]))])
-    return rows
 
 
 # ----------------------------------------------------------------------------- value heads

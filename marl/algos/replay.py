@@ -4,6 +4,15 @@
 buffer on one device. `EpisodeBuilder` cuts rollout segments ([T, E, ...] tensors with a
 `done[T, E]` flag, see ARCHITECTURE.md "Rollout batch") into completed episodes, keeping
 partial episodes across calls, and hands them to a replay.
+
+Episode layout in the replay: an episode of L steps is stored as L + 1 rows. Rows 0..L-1
+hold the observation, state and action mask the agents acted on plus that step's actions,
+rewards, flags and alive masks; row L holds the observation after the last step (the final
+observation, state and action mask, used to bootstrap a truncation). Where one agent's
+episode ends before the env's (per-agent termination), the row after its end holds that
+agent's final observation, so row t + 1 is always "the observation after step t" for every
+agent that was alive at t. The agents (feed-forward or GRU) run over all rows at once, so
+the online net gives both Q(o_t, .) and the double-Q argmax at o_{t+1}.
 """
 from __future__ import annotations
 
@@ -15,6 +24,9 @@ from torch import Tensor
 from marl.core.errors import MarlError
 
 FILLED = "filled"
+STEP_KEYS = ("obs", "state", "avail", "alive", "actions", "reward", "terminated", "truncated",
+             "next_obs", "next_state", "next_avail", "next_alive")
+"""Per-step fields the episode builder keeps (see `segment_steps`)."""
 
 
 class EpisodeReplay:
@@ -221,3 +233,33 @@ class EpisodeBuilder:
             raise MarlError(f"episode builder checkpoint has {len(partial)} envs, this run has {self.num_envs}",
                             "resume with the same number of envs")
         self.partial = [[{k: v.clone() for k, v in p.items()}] if p is not None else [] for p in partial]
+
+
+def segment_steps(b: dict) -> dict[str, Tensor]:
+    """Per-step fields of a rollout segment ([T, E, ...]) for the episode builder, with
+    `next_obs / next_avail / next_state / next_alive`: the value after each step, the final
+    observation (and its mask) where an agent's or the env's episode ended. `next_alive` is
+    True for agents whose value after the step is bootstrapped: alive on, or truncated."""
+    done = b["done"]
+    ended = b["terminated"] | b["truncated"]
+    cut = ended | done.unsqueeze(-1)
+
+    def after(name: str) -> Tensor:  # value at t + 1 inside the segment, the segment's next_<name> after it
+        return torch.cat([b[name][1:], b[f"next_{name}"].unsqueeze(0)])
+
+    out = {k: b[k] for k in ("obs", "state", "avail", "alive", "actions", "reward", "terminated", "truncated")}
+    out["next_obs"] = torch.where(cut.unsqueeze(-1), b["final_obs"], after("obs"))
+    out["next_avail"] = torch.where(cut.unsqueeze(-1), b["final_avail"], after("avail"))
+    out["next_state"] = torch.where(done.unsqueeze(-1), b["final_state"], after("state"))
+    out["next_alive"] = torch.where(cut, b["truncated"], after("alive"))
+    out["done"] = done
+    return out
+
+
+def episode_rows(ep: dict[str, Tensor]) -> dict[str, Tensor]:
+    """An episode of L steps (from the builder) as the L + 1 replay rows (see the module docstring)."""
+    rows = {k: torch.cat([ep[k][:1], ep[f"next_{k}"]]) for k in ("obs", "state", "avail")}
+    for k in ("alive", "actions", "reward", "terminated", "truncated", "next_alive"):
+        x = ep[k]
+        rows[k] = torch.cat([x, x.new_zeros((1, *x.shape[1:]))])
+    return rows
