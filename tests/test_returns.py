@@ -1,4 +1,5 @@
 """GAE and running normalisation against hand-computed values."""
+import pytest
 import torch
 
 from marl.algos.returns import RunningNorm, gae, normalize, preserve_outputs, team_reward
@@ -95,29 +96,66 @@ def test_popart_keeps_denormalised_outputs():
     torch.testing.assert_close(norm.denormalize(net(x)[0]), before, rtol=1e-5, atol=1e-4)
 
 
-def test_flat_parameters_train_exactly_like_separate_ones():
-    """`flatten` puts parameters and gradients into one buffer each; Adam and gradient clipping
-    over it give the same parameters, step by step, as over the separate tensors, and loading
-    a state dict writes into the buffer."""
+@pytest.mark.parametrize("kind", ["adam", "rmsprop"])
+def test_flat_optimiser_trains_like_torch_optim_on_separate_tensors(kind):
+    """`flatten` puts parameters and gradients into one buffer each; our Adam / RMSprop and
+    gradient clipping over it give the same parameters, step by step, as torch.optim and
+    torch's clipping over the separate tensors (also after a learning-rate change and a
+    state-dict round trip), and loading a module state dict writes into the buffer."""
     import copy
 
-    from marl.algos.optim import adam, clip_grad_norm, flatten
+    from marl.algos.optim import OPTIMISERS, clip_grad_norm, flatten
 
     torch.manual_seed(0)
     ref = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2))
     net = copy.deepcopy(ref)
     flat = flatten(net.parameters())
     assert all(p.untyped_storage().data_ptr() == flat.untyped_storage().data_ptr() for p in net.parameters())
-    opt_ref, opt = adam(list(ref.parameters()), 0.05), adam([flat], 0.05)
+    torch_opt = {"adam": lambda ps: torch.optim.Adam(ps, lr=0.05, eps=1e-5, foreach=False),
+                 "rmsprop": lambda ps: torch.optim.RMSprop(ps, lr=0.05, alpha=0.99, eps=1e-5, foreach=False)}[kind]
+    opt_ref, opt = torch_opt(list(ref.parameters())), OPTIMISERS[kind]([flat], 0.05, eps=1e-5)
     x = torch.randn(16, 4)
-    for _ in range(4):
-        for model, o, params in ((ref, opt_ref, list(ref.parameters())), (net, opt, [flat])):
-            o.zero_grad(set_to_none=False)
-            model(x).square().sum().backward()
-            norm = clip_grad_norm(params, 1.0)
-            o.step()
+    for step in range(6):
+        if step == 3:  # anneal, and carry the state over into a fresh optimiser
+            opt_ref.param_groups[0]["lr"] = opt.lr = 0.02
+            fresh = OPTIMISERS[kind]([flat], 0.05, eps=1e-5)
+            fresh.load_state_dict(copy.deepcopy(opt.state_dict()))
+            opt = fresh
+        opt_ref.zero_grad()
+        ref(x).square().sum().backward()
+        ref_norm = torch.nn.utils.clip_grad_norm_(ref.parameters(), 1.0)
+        opt_ref.step()
+        opt.zero_grad()
+        net(x).square().sum().backward()
+        norm = clip_grad_norm([flat], 1.0)
+        opt.step()
         assert norm > 1.0  # the clip was active
+        torch.testing.assert_close(norm, ref_norm)
         for a, b in zip(ref.parameters(), net.parameters()):
-            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)  # not bitwise: the fused kernels round one long tensor differently
+            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)  # not bitwise: one norm over the buffer sums in another order
     net.load_state_dict(copy.deepcopy(ref).state_dict() | {"0.bias": torch.full((8,), 3.0)})
     assert (flat[4 * 8:4 * 8 + 8] == 3.0).all()
+
+
+@pytest.mark.parametrize("kind", ["adam", "rmsprop"])
+def test_flat_optimiser_continues_from_torch_optim_state(kind):
+    """Checkpoints written before FlatOptimizer hold torch.optim state: loading it continues
+    the run as torch.optim itself would."""
+    from marl.algos.optim import OPTIMISERS
+
+    torch.manual_seed(0)
+    target, w_ref = torch.randn(10), torch.randn(10, requires_grad=True)
+    torch_opt = {"adam": torch.optim.Adam, "rmsprop": torch.optim.RMSprop}[kind]([w_ref], lr=0.05, eps=1e-5, foreach=False)
+    pairs = [(w_ref, torch_opt)]
+    for step in range(6):
+        if step == 3:
+            w = w_ref.detach().clone().requires_grad_(True)
+            opt = OPTIMISERS[kind]([w], 0.1, eps=1e-5)
+            opt.load_state_dict(torch_opt.state_dict())
+            assert (opt.lr, opt.steps) == (0.05, 3)
+            pairs.append((w, opt))
+        for p, o in pairs:
+            o.zero_grad()
+            (p - target).pow(4).sum().backward()
+            o.step()
+    torch.testing.assert_close(w, w_ref, rtol=1e-6, atol=1e-7)

@@ -258,8 +258,7 @@ class OnPolicyLearner(torch.nn.Module):
             adv = normalize(adv, mask)
         T, E = b["reward"].shape[:2]
         if cfg.lr_anneal_steps > 0:
-            for group in self.opt.param_groups:
-                group["lr"] = cfg.lr * max(0.0, 1.0 - float(self.env_steps) / cfg.lr_anneal_steps)
+            self.opt.lr = cfg.lr * max(0.0, 1.0 - float(self.env_steps) / cfg.lr_anneal_steps)
         self.env_steps += T * E
         h0 = b.get("hidden0")
         data = {"obs": b["obs"], "state": b["state"], "avail": b["avail"], "actions": b["actions"], "done": b["done"],
@@ -294,7 +293,7 @@ class OnPolicyLearner(torch.nn.Module):
             v_loss = torch.max(v_loss, (clipped - ret) ** 2)
         v_loss, entropy = mean(v_loss), mean(ent)
         loss = pg_loss + cfg.vf_coef * v_loss - cfg.ent_coef * entropy
-        self.opt.zero_grad(set_to_none=False)  # the gradients are views of one buffer: zero it in place
+        self.opt.zero_grad()
         loss.backward()
         gnorm = clip_grad_norm(self.params, cfg.max_grad_norm)
         self.opt.step()

@@ -354,7 +354,7 @@ class QLearner(nn.Module):
     def _train_step(self, s: dict) -> dict[str, Tensor]:
         cfg = self.cfg
         parts = self.head.loss(self.target_head, self._context(s), self._targets)
-        self.opt.zero_grad(set_to_none=False)  # the gradients are views of one buffer: zero it in place
+        self.opt.zero_grad()
         parts["loss"].backward()
         gnorm = clip_grad_norm(self.params, cfg.max_grad_norm)
         self.opt.step()
