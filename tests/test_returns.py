@@ -132,7 +132,9 @@ def test_flat_optimiser_trains_like_torch_optim_on_separate_tensors(kind):
         assert norm > 1.0  # the clip was active
         torch.testing.assert_close(norm, ref_norm)
         for a, b in zip(ref.parameters(), net.parameters()):
-            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)  # not bitwise: one norm over the buffer sums in another order
+            # Not bitwise: one norm over the buffer sums in another order, and RMSprop's first steps
+            # (g / sqrt(0.01 g^2)) amplify that rounding to ~1e-6 on some CPUs; a wrong step is ~1e-3 off.
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
     net.load_state_dict(copy.deepcopy(ref).state_dict() | {"0.bias": torch.full((8,), 3.0)})
     assert (flat[4 * 8:4 * 8 + 8] == 3.0).all()
 
