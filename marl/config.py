@@ -20,7 +20,7 @@ class TrainConfig:
     num_envs: int = 16
     """Envs stepped together by the runner."""
     workers: int = 2
-    """Worker processes for env stepping (at most num_envs); 0 steps all envs in the training process. 2 was fastest on 2 cores (BENCHMARKS.md)."""
+    """Worker processes for env stepping (at most num_envs), plus one that evaluates in the background; 0 steps and evaluates in the training process. 2 was fastest on 2 cores (BENCHMARKS.md)."""
     device: str = "auto"
     """Learner device: auto (cuda when available), cpu, cuda or cuda:N."""
     run_dir: str = ""

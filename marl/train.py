@@ -11,6 +11,7 @@ import re
 import shutil
 import time
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,7 @@ from marl.checkpoint import latest_checkpoint, load_checkpoint, save_step_checkp
 from marl.config import TrainConfig
 from marl.configio import from_dict, load_yaml, save_yaml, to_dict
 from marl.core.errors import MarlError, check
+from marl.core.evaluator import BackgroundEvaluator, Evaluator
 from marl.core.rollout import Collector, evaluate as run_episodes
 from marl.core.vec import EpisodeStats, VecEnv
 from marl.logging import RunLogger, config_group
@@ -116,6 +118,15 @@ def build(cfg: TrainConfig, algo_cfg, device: torch.device):
     return make_fn, vec, learner
 
 
+def _evaluator(cfg: TrainConfig, entry, algo_cfg, make_fn, spec, device: torch.device):
+    """Greedy evaluations of a run: in a background process, or with --workers 0 in this one."""
+    num_envs, seed = cfg.eval_num_envs or min(cfg.eval_episodes, MAX_EVAL_ENVS), cfg.seed + EVAL_SEED_OFFSET
+    if cfg.workers == 0:
+        return Evaluator(make_fn, spec, num_envs, cfg.eval_episodes, seed, device)
+    policy = partial(entry.learner, algo_cfg, spec, torch.device("cpu"), cfg.seed)
+    return BackgroundEvaluator(make_fn, spec, policy, num_envs, cfg.eval_episodes, seed)
+
+
 def train(cfg: TrainConfig, algo_cfg=None) -> dict:
     """Train `cfg.algo` on `cfg.env`; returns the final metrics. See TrainConfig for fields."""
     entry = ALGOS.get(cfg.algo)
@@ -157,7 +168,7 @@ def train(cfg: TrainConfig, algo_cfg=None) -> dict:
     group = config_group({**config["train"], "algo_config": config["algo"]})
     logger = RunLogger(run_dir, config, wandb_mode=cfg.wandb, project=cfg.wandb_project, entity=cfg.wandb_entity,
                        group=group, name=run_dir.name, total_steps=cfg.steps, progress=cfg.progress, start_step=step)
-    eval_vec = None
+    evals = _evaluator(cfg, entry, algo_cfg, make_fn, vec.spec, device) if cfg.eval_interval > 0 else None
     per_update = algo_cfg.rollout_len * cfg.num_envs
     window: list[EpisodeStats] = []
     last = {"log": step, "eval": step, "ckpt": step}
@@ -165,22 +176,33 @@ def train(cfg: TrainConfig, algo_cfg=None) -> dict:
     train_time = 0.0
     final: dict = {}
 
-    def save() -> None:
-        payload = {"version": 1, "step": step, "updates": updates, "model": learner.state_dict(), "extra": learner.extra_state(),
-                   "collector": collector.state_dict(), "rng": _rng_state(), "config": {"train": to_dict(cfg), "algo": to_dict(algo_cfg)}}
-        save_step_checkpoint(run_dir, step, payload)
+    def log_evals() -> None:
+        """Log the evaluations started so far (waiting for those in flight): at fixed points of
+        the loop, so that the rows of metrics.jsonl do not depend on how long one took."""
+        nonlocal final
+        for at, eps in evals.results() if evals is not None else ():
+            final = episode_metrics("eval", eps, vec.spec.agents)
+            logger.log(at, final)
 
-    def evaluation() -> dict:
-        nonlocal eval_vec
-        if eval_vec is None:
-            eval_vec = VecEnv(make_fn, cfg.eval_num_envs or min(cfg.eval_episodes, MAX_EVAL_ENVS), seed=cfg.seed + EVAL_SEED_OFFSET, workers=cfg.workers)
-        eps = run_episodes(eval_vec, learner, cfg.eval_episodes, device, seed=cfg.seed + EVAL_SEED_OFFSET)
-        return episode_metrics("eval", eps, vec.spec.agents)
+    def start_eval() -> None:
+        log_evals()  # at most one in flight
+        evals.start(step, learner)
+        last["eval"] = step
+
+    def save() -> None:
+        # an evaluation of this very step may still run: the checkpoint says so, and a resumed
+        # run redoes it (its parameters are the checkpoint's); the run's last one is logged first
+        if step >= cfg.steps:
+            log_evals()
+        payload = {"version": 1, "step": step, "updates": updates, "model": learner.state_dict(), "extra": learner.extra_state(),
+                   "collector": collector.state_dict(), "rng": _rng_state(), "config": {"train": to_dict(cfg), "algo": to_dict(algo_cfg)},
+                   "eval_pending": evals is not None and bool(evals.pending)}
+        save_step_checkpoint(run_dir, step, payload)
 
     exit_code = 1
     try:
-        if step == 0 and cfg.eval_interval > 0:
-            logger.log(0, evaluation())
+        if evals is not None and (step == 0 or (resume_from is not None and resume_ckpt.get("eval_pending"))):
+            start_eval()
         while step < cfg.steps:
             t0 = time.perf_counter()
             batch, episodes = collector.collect(algo_cfg.rollout_len)
@@ -195,24 +217,24 @@ def train(cfg: TrainConfig, algo_cfg=None) -> dict:
             updates += 1
             window.extend(episodes)
             if step - last["log"] >= cfg.log_interval or step >= cfg.steps:
+                log_evals()
                 elapsed = time.perf_counter() - t_start
                 logger.log(step, {**episode_metrics("train", window, vec.spec.agents), **metrics,
                                   "perf/steps_per_s": (step - steps_at_start) / max(train_time, 1e-9),
                                   "perf/wall_steps_per_s": (step - steps_at_start) / max(elapsed, 1e-9), "perf/updates": updates})
                 window, last["log"] = [], step
-            if cfg.eval_interval > 0 and (step - last["eval"] >= cfg.eval_interval or step >= cfg.steps):
-                final = evaluation()
-                logger.log(step, final)
-                last["eval"] = step
+            if evals is not None and (step - last["eval"] >= cfg.eval_interval or step >= cfg.steps):
+                start_eval()
             if step - last["ckpt"] >= cfg.checkpoint_interval or step >= cfg.steps:
                 save()
                 last["ckpt"] = step
+        log_evals()
         exit_code = 0
     finally:
         logger.close(exit_code)
         vec.close()
-        if eval_vec is not None:
-            eval_vec.close()
+        if evals is not None:
+            evals.close()
     return {"step": step, "run_dir": str(run_dir), **final}
 
 

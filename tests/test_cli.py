@@ -85,6 +85,25 @@ class FlakyIdentity(Identity):
         return out
 
 
+class FlakyInEvaluation(Identity):
+    """builtin/identity whose step raises at step `fail_at` after its 2nd reset with a seed. Only
+    evaluation envs get there (every evaluation reseeds them; training envs are seeded once):
+    in the run's 2nd evaluation."""
+
+    def __init__(self, fail_at: int = 3, **kwargs):
+        super().__init__(**kwargs)
+        self.fail_at, self.seeded = fail_at, 0
+
+    def reset(self, seed=None, options=None):
+        self.seeded += seed is not None
+        return super().reset(seed=seed, options=options)
+
+    def step(self, actions):
+        if self.seeded >= 2 and self.t + 1 == self.fail_at:
+            raise RuntimeError("sensor glitch")
+        return super().step(actions)
+
+
 # ----------------------------------------------------------------------------- helpers
 @pytest.fixture(autouse=True)
 def _keep_torch_threads():
@@ -331,6 +350,18 @@ def test_env_raising_mid_episode_keeps_the_last_checkpoint(tmp_path):
     ckpt = load_checkpoint(latest_checkpoint(run_dir))
     assert ckpt["step"] == 64 and ckpt["updates"] == 1
     assert (run_dir / "config.yaml").is_file()
+
+
+def test_env_raising_in_background_evaluation_keeps_the_last_checkpoint(tmp_path, capsys):
+    """The evaluation at step 256 runs in the background process (--workers 2); its env error
+    reaches the training process as the same one line, and the checkpoint of step 256 stays."""
+    run_dir = tmp_path / "run"
+    line = fails(capsys, ["train", *SMALL, "--run-dir", str(run_dir), "--env", f"{HERE}:FlakyInEvaluation",
+                          "--checkpoint-interval", "256", "--workers", "2"],
+                 f"env '{HERE}:FlakyInEvaluation'", "RuntimeError: sensor glitch", "at episode step 3", "; fix the env")
+    assert "exited unexpectedly" not in line
+    assert load_checkpoint(latest_checkpoint(run_dir))["step"] == 256
+    assert steps_of(run_dir, "eval/return_mean") == [0]
 
 
 def test_ctrl_c_while_stepping_exits_130_and_keeps_the_checkpoint(tmp_path, capsys):

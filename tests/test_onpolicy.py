@@ -1,5 +1,6 @@
 """On-policy family: known answers, sharing modes, continuous actions, determinism, resume."""
 import json
+import shutil
 
 import pytest
 import torch
@@ -130,6 +131,39 @@ def test_same_seed_same_metrics(tmp_path):
     _run(tmp_path, "a", **kw)
     _run(tmp_path, "b", **kw)
     assert _metrics(tmp_path / "a") == _metrics(tmp_path / "b")
+
+
+def test_background_and_in_process_evaluation_log_the_same_rows(tmp_path):
+    """--workers 2 evaluates in a background process, --workers 0 in the training process: the
+    same episodes, and the rows of metrics.jsonl in the same order."""
+    kw = dict(algo="mappo", env="mpe2/simple_spread_v3", env_kwargs={"max_cycles": 10}, steps=3200, eval_interval=960,
+              log_interval=640, seed=5, algo_kw={"rollout_len": 20})
+    _run(tmp_path, "bg", workers=2, **kw)
+    _run(tmp_path, "here", workers=0, **kw)
+    rows = _metrics(tmp_path / "bg")
+    assert [r["step"] for r in rows if "eval/return_mean" in r] == [0, 960, 1920, 2880, 3200]
+    assert rows == _metrics(tmp_path / "here")
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_evaluation_not_logged_at_a_checkpoint_is_redone_on_resume(tmp_path, workers):
+    """A run killed right after a checkpoint whose evaluation was not logged yet (in flight in the
+    background process, or done in-process and waiting for the next log row) logs it on resume."""
+    kw = dict(algo="mappo", env="mpe2/simple_spread_v3", env_kwargs={"max_cycles": 15}, eval_interval=1600, seed=4,
+              checkpoint_interval=1600, log_interval=800, workers=workers, algo_kw={"rollout_len": 20})
+    full, crashed = tmp_path / "full", tmp_path / "crashed"
+    _run(tmp_path, "full", steps=3200, **kw)
+    assert load_checkpoint(full / "checkpoints" / "step_1600.pt")["eval_pending"]
+    assert not load_checkpoint(full / "checkpoints" / "step_3200.pt")["eval_pending"]  # the last one is logged first
+    (crashed / "checkpoints").mkdir(parents=True)  # what a kill right after the checkpoint at 1600 leaves
+    shutil.copy(full / "config.yaml", crashed / "config.yaml")
+    shutil.copy(full / "checkpoints" / "step_1600.pt", crashed / "checkpoints" / "step_1600.pt")
+    lines = (full / "metrics.jsonl").read_text().splitlines(keepends=True)
+    written = 1 + next(i for i, line in enumerate(lines) if json.loads(line)["step"] == 1600)  # the train row of 1600
+    assert "eval/return_mean" not in lines[written - 1]
+    (crashed / "metrics.jsonl").write_text("".join(lines[:written]))
+    train(TrainConfig(run_dir=str(crashed), resume=True, steps=3200, **FAST))
+    assert _metrics(crashed) == _metrics(full)
 
 
 @pytest.mark.parametrize("algo_kw", [{"rollout_len": 20}, {"rollout_len": 20, "recurrent": True, "epochs": 2, "reward": "sum"}])
