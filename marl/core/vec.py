@@ -248,13 +248,10 @@ def _worker(conn, make_fn, seeds, spec, memory, total, rows):
 
 def process_context() -> Any:
     """Start method of the env workers and the background evaluator: forkserver (spawn where
-    there is none). Its server imports torch and the evaluator once, so that an evaluator
-    process does not spend ~1.5 s importing them (the default preloads only __main__)."""
-    if "forkserver" not in mp.get_all_start_methods():
-        return mp.get_context("spawn")
-    ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(["__main__", "marl.core.evaluator"])
-    return ctx
+    there is none). The server preloads only __main__ (the default): preloading torch for the
+    evaluator blocked the first worker's start by ~2 s, once per process; a program that trains
+    many times (tests/conftest.py) may preload it with multiprocessing.set_forkserver_preload."""
+    return mp.get_context("forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn")
 
 
 class VecEnv:
