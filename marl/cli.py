@@ -211,6 +211,9 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--episodes", type=int, default=32, metavar="N", help="episodes to run (default: 32)")
     p.add_argument("--video", default="", metavar="FILE", help="write a video of an episode (.mp4 or .gif)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    p.add_argument("--seed", type=int, default=None, metavar="S",
+                   help="run the evaluation episodes of a run with seed S (default: the run's own; "
+                        "with the run's --eval-episodes, its logged evaluations are reproduced)")
     p.set_defaults(func=_cmd_evaluate)
 
 
@@ -220,7 +223,7 @@ def _cmd_evaluate(ns: argparse.Namespace) -> int:
     device = check_device(ns.device)
     from marl.train import evaluate
 
-    result = evaluate(str(path), episodes=ns.episodes, video=ns.video, device=device)
+    result = evaluate(str(path), episodes=ns.episodes, video=ns.video, device=device, seed=ns.seed)
     _print_result(result)
     return 0
 

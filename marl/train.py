@@ -118,9 +118,13 @@ def build(cfg: TrainConfig, algo_cfg, device: torch.device):
     return make_fn, vec, learner
 
 
+def _eval_envs(cfg: TrainConfig, episodes: int) -> int:
+    return cfg.eval_num_envs or min(episodes, MAX_EVAL_ENVS)
+
+
 def _evaluator(cfg: TrainConfig, entry, algo_cfg, make_fn, spec, device: torch.device):
     """Greedy evaluations of a run: in a background process, or with --workers 0 in this one."""
-    num_envs, seed = cfg.eval_num_envs or min(cfg.eval_episodes, MAX_EVAL_ENVS), cfg.seed + EVAL_SEED_OFFSET
+    num_envs, seed = _eval_envs(cfg, cfg.eval_episodes), cfg.seed + EVAL_SEED_OFFSET
     if cfg.workers == 0:
         return Evaluator(make_fn, spec, num_envs, cfg.eval_episodes, seed, device)
     policy = partial(entry.learner, algo_cfg, spec, torch.device("cpu"), cfg.seed)
@@ -238,24 +242,30 @@ def train(cfg: TrainConfig, algo_cfg=None) -> dict:
     return {"step": step, "run_dir": str(run_dir), **final}
 
 
-def evaluate(checkpoint: str, episodes: int = 32, video: str = "", device: str = "auto") -> dict:
-    """Load a checkpoint, run `episodes` greedy episodes, optionally render one to `video`."""
+def evaluate(checkpoint: str, episodes: int = 32, video: str = "", device: str = "auto", seed: int | None = None) -> dict:
+    """Load a checkpoint, run `episodes` greedy episodes, optionally render one to `video`.
+    The episodes are those the run's own evaluations ran (with as many episodes), or with
+    `seed` those of a run with that seed."""
     ckpt = load_checkpoint(checkpoint)
     saved = ckpt["config"]
     cfg = from_dict(TrainConfig, saved["train"])
+    check(seed is None or seed >= 0, f"seed must be >= 0, got {seed}", "pass --seed 0 or more")
+    eval_seed = (cfg.seed if seed is None else seed) + EVAL_SEED_OFFSET
     entry = ALGOS.get(cfg.algo)
     algo_cfg = from_dict(entry.config, saved["algo"])
     dev = resolve_device(device)
-    make_fn, vec, learner = build(replace(cfg, workers=0), algo_cfg, dev)
+    make_fn, vec, learner = build(replace(cfg, workers=0, num_envs=1), algo_cfg, dev)
+    vec.close()
     learner.load_state_dict(ckpt["model"])
+    vec = VecEnv(make_fn, _eval_envs(cfg, episodes), seed=eval_seed, workers=0, spec=vec.spec)
     try:
-        eps = run_episodes(vec, learner, episodes, dev, seed=cfg.seed + EVAL_SEED_OFFSET)
+        eps = run_episodes(vec, learner, episodes, dev, seed=eval_seed)
     finally:
         vec.close()
     out = episode_metrics("eval", eps, vec.spec.agents)
     if video:
         from marl.video import record_video
 
-        out["video"] = record_video(cfg.env, cfg.env_kwargs, learner, dev, video, seed=cfg.seed + EVAL_SEED_OFFSET)
+        out["video"] = record_video(cfg.env, cfg.env_kwargs, learner, dev, video, seed=eval_seed)
     return out
 

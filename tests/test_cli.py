@@ -189,6 +189,7 @@ def test_evaluate_run_dir_and_checkpoint_file(run, capsys):
         assert lines["eval/episodes"] == "4" and lines["eval/length_mean"] == "8"
         assert 0.0 <= float(lines["eval/return_mean"]) <= 16.0  # 2 agents x 8 steps x reward <= 1
         assert {"eval/return_agent_0", "eval/return_agent_1"} <= set(lines)
+    fails(capsys, ["evaluate", "--checkpoint", str(run), "--seed", "-1", "--device", "cpu"], "seed must be >= 0", "--seed 0")
 
 
 def test_config_file_reproduces_a_run(run, tmp_path):

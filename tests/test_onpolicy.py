@@ -8,7 +8,7 @@ import torch
 from marl.algos import ALGOS
 from marl.checkpoint import load_checkpoint
 from marl.config import TrainConfig
-from marl.train import train
+from marl.train import evaluate, train
 
 FAST = dict(wandb="disabled", progress=False, eval_episodes=16, log_interval=2000, num_envs=8)
 
@@ -143,6 +143,11 @@ def test_background_and_in_process_evaluation_log_the_same_rows(tmp_path):
     rows = _metrics(tmp_path / "bg")
     assert [r["step"] for r in rows if "eval/return_mean" in r] == [0, 960, 1920, 2880, 3200]
     assert rows == _metrics(tmp_path / "here")
+    # `marl evaluate` on the final checkpoint runs the same episodes; --seed those of another run
+    last = [r for r in rows if "eval/return_mean" in r][-1]
+    again = evaluate(str(tmp_path / "bg"), episodes=16, device="cpu")
+    assert again == {k: v for k, v in last.items() if k.startswith("eval/")}
+    assert evaluate(str(tmp_path / "bg"), episodes=16, device="cpu", seed=6)["eval/return_mean"] != last["eval/return_mean"]
 
 
 @pytest.mark.parametrize("workers", [0, 2])
