@@ -254,8 +254,8 @@ def evaluate(checkpoint: str, episodes: int = 32, video: str = "", device: str =
     entry = ALGOS.get(cfg.algo)
     algo_cfg = from_dict(entry.config, saved["algo"])
     dev = resolve_device(device)
-    make_fn, vec, learner = build(replace(cfg, workers=0, num_envs=1), algo_cfg, dev)
-    vec.close()
+    make_fn, vec, learner = build(replace(cfg, workers=0), algo_cfg, dev)
+    vec.close()  # the training envs: built for the spec and the config's checks
     learner.load_state_dict(ckpt["model"])
     vec = VecEnv(make_fn, _eval_envs(cfg, episodes), seed=eval_seed, workers=0, spec=vec.spec)
     try:

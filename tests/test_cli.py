@@ -192,6 +192,15 @@ def test_evaluate_run_dir_and_checkpoint_file(run, capsys):
     fails(capsys, ["evaluate", "--checkpoint", str(run), "--seed", "-1", "--device", "cpu"], "seed must be >= 0", "--seed 0")
 
 
+def test_evaluate_a_recurrent_checkpoint(tmp_path, capsys):
+    """evaluate checks the saved config as training did (recurrent: minibatches <= envs)."""
+    run_dir = tmp_path / "rec"
+    assert train(run_dir, "--recurrent", "true", "--minibatches", "2") == 0
+    capsys.readouterr()
+    assert main(["evaluate", "--checkpoint", str(run_dir), "--episodes", "4", "--device", "cpu"]) == 0
+    assert "eval/return_mean: " in capsys.readouterr().out
+
+
 def test_config_file_reproduces_a_run(run, tmp_path):
     assert main(["train", "--config", str(run / "config.yaml"), "--run-dir", str(tmp_path / "again")]) == 0
     old_run, old_algo = load_run_config(run / "config.yaml")
