@@ -9,7 +9,8 @@ import torch
 
 import envs
 from marl.algos import ALGOS
-from marl.algos.qlearning import QLearner, epsilon_at, greedy_next_values
+from marl.algos.qlearning import QLearner, epsilon_at
+from marl.algos.targets import greedy_next_values
 from marl.algos.replay import EpisodeReplay
 from marl.checkpoint import load_checkpoint
 from marl.cli import main

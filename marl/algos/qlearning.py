@@ -27,13 +27,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from marl.algos.mixers import MIXERS
 from marl.algos.optim import OPTIMISERS, clip_grad_norm, flatten
-from marl.algos.qtran_learner import QTranHead
+from marl.algos.qheads import HEADS
 from marl.algos.registry import ALGOS, AlgoEntry
 from marl.algos.replay import STEP_KEYS, EpisodeBuilder, EpisodeReplay, episode_rows, segment_steps
-from marl.algos.returns import RunningNorm, masked_mean, team_reward
-from marl.algos.targets import nstep_targets, td_lambda_targets
+from marl.algos.returns import RunningNorm, masked_mean, rewards_differ, scalar_team_reward, team_reward
+from marl.algos.targets import greedy_next_values, masked_argmax, nstep_targets, td_lambda_targets
 from marl.core.errors import MarlError, check
 from marl.core.spec import EnvSpec
 from marl.nets.dists import categorical_sample, mask_logits
@@ -165,63 +164,6 @@ def epsilon_at(cfg: QConfig, env_steps: int) -> float:
         return cfg.epsilon_finish
     frac = min(1.0, env_steps / cfg.epsilon_anneal_steps)
     return (1.0 - frac) * cfg.epsilon_start + frac * cfg.epsilon_finish
-
-
-def masked_argmax(q: Tensor, avail: Tensor) -> Tensor:
-    """argmax over the available actions only (q [..., A], avail [..., A] bool) -> [...]."""
-    return mask_logits(q, avail).argmax(dim=-1)
-
-
-def greedy_next_values(q_online: Tensor, q_target: Tensor, avail: Tensor, double_q: bool) -> tuple[Tensor, Tensor]:
-    """(actions, values) at the next observation, [...] each, from utilities [..., A].
-
-    Double Q: the online net picks the action, the target net values it; otherwise the
-    target net does both. Unavailable actions are never picked, so never used in the max."""
-    actions = masked_argmax(q_online if double_q else q_target, avail)
-    return actions, q_target.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
-
-
-def scalar_team_reward(reward: Tensor, alive: Tensor, mode: str) -> Tensor:
-    """Rewards [..., N] -> one team reward [...]: 'sum' or 'mean' over agents, or for
-    'agent' the common reward of the alive agents (their rewards are checked to be equal)."""
-    if mode == "sum":
-        return reward.sum(-1)
-    if mode == "mean":
-        return reward.mean(-1)
-    alive = alive.to(reward.dtype)
-    return (reward * alive).sum(-1) / alive.sum(-1).clamp(min=1.0)
-
-
-def rewards_differ(reward: Tensor, alive: Tensor) -> bool:
-    """True when two alive agents got different rewards at some step (reward/alive [..., N])."""
-    hi = reward.masked_fill(~alive, float("-inf")).amax(-1)
-    lo = reward.masked_fill(~alive, float("inf")).amin(-1)
-    return bool(((hi - lo) > 1e-6 * (1.0 + hi.abs())).any())
-
-
-# ----------------------------------------------------------------------------- value heads
-class MixerHead(nn.Module):
-    """Utilities -> TD loss through a registered mixer (none: per-agent TD, vdn, qmix)."""
-
-    def __init__(self, cfg: QConfig, spec: EnvSpec, feat_dim: int):
-        super().__init__()
-        kwargs = {"embed_dim": cfg.mixer_embed_dim, "hypernet_embed": cfg.hypernet_embed} if cfg.mixer == "qmix" else {}
-        self.mixer = MIXERS.get(cfg.mixer)(spec.n_agents, spec.state_dim, **kwargs)
-        self.per_agent = self.mixer.per_agent
-
-    def loss(self, target: "MixerHead", c: dict, targets_fn) -> dict[str, Tensor]:
-        alive = c["alive"].to(c["q_taken"].dtype)
-        needs = self.mixer.needs_state
-        q = self.mixer(c["q_taken"] * alive, c["state"][:, :-1] if needs else None)
-        with torch.no_grad():
-            nxt = target.mixer(c["next_q"], c["state"][:, 1:] if needs else None)
-            y = targets_fn(c["reward"], nxt, c["terminated"], c["filled"])
-        mask = c["filled"] * alive if self.per_agent else c["filled"]
-        td = masked_mean((q - y) ** 2, mask)
-        return {"loss": td, "td": td, "q": q, "target": y, "mask": mask}
-
-
-HEADS = {"none": MixerHead, "vdn": MixerHead, "qmix": MixerHead, "qtran": QTranHead}
 
 
 # ----------------------------------------------------------------------------- learner

@@ -42,6 +42,24 @@ def team_reward(rewards: torch.Tensor, mode: str) -> torch.Tensor:
     return team.expand_as(rewards)
 
 
+def scalar_team_reward(reward: torch.Tensor, alive: torch.Tensor, mode: str) -> torch.Tensor:
+    """Rewards [..., N] -> one team reward [...]: 'sum' or 'mean' over agents, or for
+    'agent' the common reward of the alive agents (their rewards are checked to be equal)."""
+    if mode == "sum":
+        return reward.sum(-1)
+    if mode == "mean":
+        return reward.mean(-1)
+    alive = alive.to(reward.dtype)
+    return (reward * alive).sum(-1) / alive.sum(-1).clamp(min=1.0)
+
+
+def rewards_differ(reward: torch.Tensor, alive: torch.Tensor) -> bool:
+    """True when two alive agents got different rewards at some step (reward/alive [..., N])."""
+    hi = reward.masked_fill(~alive, float("-inf")).amax(-1)
+    lo = reward.masked_fill(~alive, float("inf")).amin(-1)
+    return bool(((hi - lo) > 1e-6 * (1.0 + hi.abs())).any())
+
+
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     mask = mask.to(x.dtype)
     return (x * mask).sum() / mask.sum().clamp_min(1.0)

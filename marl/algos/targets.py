@@ -1,4 +1,5 @@
-"""Bootstrapped return targets for value-based learners, as pure functions.
+"""Bootstrapped return targets for value-based learners, and the greedy next-step values
+they bootstrap from, as pure functions.
 
 All functions take padded episode tensors with leading axes [B, T] (one episode per row,
 the episode occupying the first L steps, padding after it) and an optional trailing agent
@@ -22,6 +23,8 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
+
+from marl.nets.dists import mask_logits
 
 
 def _prepare(rewards: Tensor, next_values: Tensor, terminated: Tensor, filled: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -97,3 +100,17 @@ def td_lambda_targets(rewards: Tensor, next_values: Tensor, terminated: Tensor, 
         out[:, t] = g
         g_next = g
     return out
+
+
+def masked_argmax(q: Tensor, avail: Tensor) -> Tensor:
+    """argmax over the available actions only (q [..., A], avail [..., A] bool) -> [...]."""
+    return mask_logits(q, avail).argmax(dim=-1)
+
+
+def greedy_next_values(q_online: Tensor, q_target: Tensor, avail: Tensor, double_q: bool) -> tuple[Tensor, Tensor]:
+    """(actions, values) at the next observation, [...] each, from utilities [..., A].
+
+    Double Q: the online net picks the action, the target net values it; otherwise the
+    target net does both. Unavailable actions are never picked, so never used in the max."""
+    actions = masked_argmax(q_online if double_q else q_target, avail)
+    return actions, q_target.gather(-1, actions.unsqueeze(-1)).squeeze(-1)

@@ -1,6 +1,10 @@
-"""QTRAN-base as a value head of the Q-learner (`--algo qtran`, i.e. `mixer="qtran"`).
+"""Value heads of the Q-learner: `HEADS[mixer](cfg, spec, feat_dim)` turns the agents'
+utilities into a loss, `head.loss(target_head, context, targets_fn)`.
 
-The per-agent utilities Q_i come from the same agent networks as IDQN/VDN/QMIX (see
+`MixerHead` (mixer none|vdn|qmix): per-agent TD for IDQN, or TD on the mixed Q_tot of a
+registered mixer (`marl.algos.mixers`).
+
+`QTranHead` (`--algo qtran`): QTRAN-base. The per-agent utilities Q_i come from the same agent networks as IDQN/VDN/QMIX (see
 `marl.algos.qlearning`); this head adds the joint action-value network Q_jt(s, tau, u)
 and the state-value network V_jt(s) of Son et al. (2019) and trains all three with the
 paper's losses (`marl.algos.qtran.qtran_losses`):
@@ -19,7 +23,30 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from marl.algos.mixers import MIXERS
 from marl.algos.qtran import QTranJoint, QTranV, qtran_losses
+from marl.algos.returns import masked_mean
+
+
+class MixerHead(nn.Module):
+    """Utilities -> TD loss through a registered mixer (none: per-agent TD, vdn, qmix)."""
+
+    def __init__(self, cfg, spec, feat_dim: int):
+        super().__init__()
+        kwargs = {"embed_dim": cfg.mixer_embed_dim, "hypernet_embed": cfg.hypernet_embed} if cfg.mixer == "qmix" else {}
+        self.mixer = MIXERS.get(cfg.mixer)(spec.n_agents, spec.state_dim, **kwargs)
+        self.per_agent = self.mixer.per_agent
+
+    def loss(self, target: "MixerHead", c: dict, targets_fn) -> dict[str, Tensor]:
+        alive = c["alive"].to(c["q_taken"].dtype)
+        needs = self.mixer.needs_state
+        q = self.mixer(c["q_taken"] * alive, c["state"][:, :-1] if needs else None)
+        with torch.no_grad():
+            nxt = target.mixer(c["next_q"], c["state"][:, 1:] if needs else None)
+            y = targets_fn(c["reward"], nxt, c["terminated"], c["filled"])
+        mask = c["filled"] * alive if self.per_agent else c["filled"]
+        td = masked_mean((q - y) ** 2, mask)
+        return {"loss": td, "td": td, "q": q, "target": y, "mask": mask}
 
 
 def _one_hot(actions: Tensor, n: int, dtype: torch.dtype) -> Tensor:
@@ -58,3 +85,6 @@ class QTranHead(nn.Module):
         )
         return {"loss": parts["loss"], "td": parts["td"], "opt": parts["opt"], "nopt": parts["nopt"],
                 "q": q_jt, "target": y, "mask": c["filled"]}
+
+
+HEADS = {"none": MixerHead, "vdn": MixerHead, "qmix": MixerHead, "qtran": QTranHead}
