@@ -4,10 +4,10 @@ utilities into a loss, `head.loss(target_head, context, targets_fn)`.
 `MixerHead` (mixer none|vdn|qmix): per-agent TD for IDQN, or TD on the mixed Q_tot of a
 registered mixer (`marl.algos.mixers`).
 
-`QTranHead` (`--algo qtran`): QTRAN-base. The per-agent utilities Q_i come from the same agent networks as IDQN/VDN/QMIX (see
-`marl.algos.qlearning`); this head adds the joint action-value network Q_jt(s, tau, u)
-and the state-value network V_jt(s) of Son et al. (2019) and trains all three with the
-paper's losses (`marl.algos.qtran.qtran_losses`):
+`QTranHead` (`--algo qtran`): QTRAN-base. The per-agent utilities Q_i come from the same
+agent networks as IDQN/VDN/QMIX (see `marl.algos.qlearning`); this head adds the joint
+action-value network Q_jt(s, tau, u) and the state-value network V_jt(s) of Son et al.
+(2019) and trains all three with the paper's losses (`marl.algos.qtran.qtran_losses`):
 
     L_td   = (Q_jt(s, tau, u) - y)^2,   y = r + gamma Q_jt^target(s', tau', u_bar')
     L_opt  = (sum_i max_u Q_i - Q_jt(s, tau, u_bar) + V_jt(s))^2          (Q_jt held fixed)
