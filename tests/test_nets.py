@@ -8,7 +8,7 @@ from torch import nn
 
 from marl.core.errors import MarlError
 from marl.nets import (
-    MLP, NETWORKS, AgentNet, GroupGRUCell, GroupLayerNorm, GroupLinear, categorical_entropy,
+    MLP, NETWORKS, AgentNet, GroupGRUCell, SetNet, GroupLayerNorm, GroupLinear, categorical_entropy,
     categorical_greedy, categorical_logp, categorical_logp_entropy, categorical_probs, categorical_sample, gaussian_entropy,
     gaussian_logp, gaussian_sample, mask_logits, num_groups, resolve_groups, with_agent_id,
 )
@@ -152,6 +152,29 @@ def test_recurrent_agent_net_equals_layer_by_layer():
     ref_h = net.rnn(net.fc[1](net.fc[0](x)), h)  # each layer on its own, batch-major
     torch.testing.assert_close(h2, ref_h)
     torch.testing.assert_close(out, net.head.net[0](ref_h))
+
+
+@pytest.mark.parametrize("recurrent", [False, True])
+@pytest.mark.parametrize("per_agent", [False, True])
+def test_set_net_is_invariant_to_agent_order_and_reads_every_agent(recurrent, per_agent):
+    """Relabelled agents: the team output stays, per-agent outputs (and hidden states) follow
+    their agents. Any agent's input, and the context, moves every output."""
+    torch.manual_seed(0)
+    net = SetNet(D, 3, 2, (16, 16), groups=resolve_groups("all", N), per_agent=per_agent, recurrent=recurrent,
+                 layer_norm=True)
+    x, c = torch.randn(5, N, D), torch.randn(5, 3)
+    h = torch.randn(5, N, net.hidden_dim) if recurrent else None
+    out, h2 = net(x, c, h)
+    assert out.shape == (5, N if per_agent else 1, 2)
+    perm = torch.tensor([2, 0, 3, 1])
+    out_p, h2_p = net(x[:, perm], c, None if h is None else h[:, perm])
+    torch.testing.assert_close(out_p, out[:, perm] if per_agent else out)
+    if recurrent:
+        torch.testing.assert_close(h2_p, h2[:, perm])
+    moved = x.clone()
+    moved[:, 3] += 1.0
+    assert ((net(moved, c, h)[0] - out).abs().amax(-1) > 1e-6).all()
+    assert ((net(x, c + 1.0, h)[0] - out).abs().amax(-1) > 1e-6).all()
 
 
 def test_orthogonal_init_per_group():

@@ -40,7 +40,7 @@ def test_popart_option_learns(tmp_path):
 
 @pytest.mark.parametrize("recurrent", [False, True])
 def test_team_value_critic_takes_the_state_once(recurrent):
-    """Central critic + team reward: no agent id, one value per env step shared by all agents;
+    """MLP central critic + team reward: no agent id, one value per env step shared by all agents;
     with per-agent rewards each agent keeps its own value (agent id appended)."""
     import envs
     from marl.core.rollout import to_tensors
@@ -49,8 +49,8 @@ def test_team_value_critic_takes_the_state_once(recurrent):
     vec = VecEnv(envs.make_factory("mpe2/simple_spread_v3"), 4, seed=0)
     spec, inputs = vec.spec, to_tensors(vec.reset(), torch.device("cpu"))
     entry = ALGOS.get("mappo")
-    team = entry.learner(entry.make_config(reward="sum", recurrent=recurrent), spec, torch.device("cpu"))
-    own = entry.learner(entry.make_config(reward="agent", recurrent=recurrent), spec, torch.device("cpu"))
+    team = entry.learner(entry.make_config(reward="sum", recurrent=recurrent, critic_net="mlp"), spec, torch.device("cpu"))
+    own = entry.learner(entry.make_config(reward="agent", recurrent=recurrent, critic_net="mlp"), spec, torch.device("cpu"))
     first = lambda net: next(p for n, p in net.named_parameters() if "weight" in n)  # noqa: E731
     assert first(team.critic).shape[-2] == spec.state_dim
     assert first(own.critic).shape[-2] == spec.state_dim + spec.n_agents
@@ -65,6 +65,38 @@ def test_team_value_critic_takes_the_state_once(recurrent):
     assert ("value" in explored) == recurrent  # a feed-forward critic runs once per rollout, in the update
     torch.testing.assert_close(explored.get("value", v), v)
     assert "value" not in team.act(inputs, team.initial_hidden(4), explore=False)[2]  # evaluation skips the critic
+    vec.close()
+
+
+@pytest.mark.parametrize("recurrent", [False, True])
+@pytest.mark.parametrize("env", ["mpe2/simple_spread_v3", "builtin/identity"])
+def test_set_critic_reads_every_agent_and_a_state_beyond_them(env, recurrent):
+    """The default central critic (Deep Sets over the agents' observations): one value per env
+    step with the team reward, one per agent with their own. mpe2 declares its state to be
+    the concatenated observations, so the critic ignores it; identity does not, so its state
+    joins the pooled embedding."""
+    import envs
+    from marl.core.rollout import to_tensors
+    from marl.core.vec import VecEnv
+
+    vec = VecEnv(envs.make_factory(env), 4, seed=0)
+    spec, inputs = vec.spec, to_tensors(vec.reset(), torch.device("cpu"))
+    entry = ALGOS.get("mappo")
+    make = lambda reward: entry.learner(entry.make_config(reward=reward, recurrent=recurrent), spec, torch.device("cpu"))  # noqa: E731
+    team, own = make("sum"), make("agent")
+    assert team.sets and team.context_dim == (0 if env.startswith("mpe2") else spec.state_dim)
+    value = lambda learner, x: learner._value(x["obs"], x["state"], learner._split(learner.initial_hidden(4))[1])[0]  # noqa: E731
+    v, mine = value(team, inputs), value(own, inputs)
+    assert v.shape == mine.shape == (4, spec.n_agents)
+    assert torch.equal(v, v[:, :1].expand_as(v)) and not torch.equal(mine, mine[:, :1].expand_as(mine))
+    obs = inputs["obs"].clone()
+    obs[:, -1] += 1.0  # the last agent's observation moves every agent's value
+    for learner, before in ((team, v), (own, mine)):
+        assert ((value(learner, {**inputs, "obs": obs}) - before).abs() > 1e-6).all()
+    moved_state = value(team, {**inputs, "state": inputs["state"] + 1.0})
+    assert torch.equal(moved_state, v) == env.startswith("mpe2")
+    explored = team.act(inputs, team.initial_hidden(4), explore=True)[2]
+    torch.testing.assert_close(explored.get("value", team._denormalize(v)), team._denormalize(v))
     vec.close()
 
 

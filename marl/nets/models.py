@@ -142,6 +142,62 @@ class AgentNet(nn.Module):
         return out, h
 
 
+class SetNet(nn.Module):
+    """Deep Sets over the agent axis (Zaheer et al. 2017): the centralised critic's network.
+
+    Each agent's input goes through an encoder, Linear(in, hidden[0]) [-> LayerNorm] -> act
+    (then a GRU when recurrent), with the weights of its sharing group. The embeddings are
+    averaged over agents, and a head MLP over the remaining hidden sizes reads
+    [mean, context] for one team output [..., 1, out] (`per_agent=False`), or
+    [own embedding, mean, context] for one output per agent [..., N, out].
+
+    Relabelling the agents (inputs and ids together) leaves the team output unchanged and
+    permutes the per-agent outputs. The encoder learns from N samples per step where an
+    MLP on the concatenated inputs gets one, and the input size does not grow with N.
+    forward(x[..., N, in], context[..., C], h) -> (out, h'); h[..., N, H] when recurrent.
+    """
+
+    def __init__(self, in_dim: int, context_dim: int, out_dim: int, hidden: Sequence[int] = (64, 64), *,
+                 groups: Sharing, per_agent: bool, recurrent: bool = False, activation: str = "relu",
+                 layer_norm: bool = False, out_gain: float = 1.0):
+        super().__init__()
+        groups = as_groups(groups)
+        hidden = tuple(int(h) for h in hidden)
+        if not hidden:
+            raise MarlError("a set network needs at least one hidden size", "pass hidden=(64, 64) or similar")
+        act, gain = _activation(activation)
+        self.n_agents, self.recurrent, self.per_agent = groups.numel(), recurrent, per_agent
+        fc = [GroupLinear(in_dim, hidden[0], groups, gain=gain)]
+        if layer_norm:
+            fc.append(GroupLayerNorm(hidden[0], groups))
+        self.fc = nn.Sequential(*fc, act())
+        rest = hidden[1:]
+        self.hidden_dim = 0
+        if recurrent:
+            self.hidden_dim, rest = (hidden[1] if len(hidden) > 1 else hidden[0]), hidden[2:]
+            self.rnn = GroupGRUCell(hidden[0], self.hidden_dim, groups)
+        embed = self.hidden_dim or hidden[0]
+        head_in = embed * (2 if per_agent else 1) + context_dim
+        head_groups = groups if per_agent else torch.zeros(1, dtype=torch.long)
+        self.head = MLP(head_in, out_dim, rest, groups=head_groups, activation=activation,
+                        layer_norm=layer_norm, out_gain=out_gain)
+
+    @property
+    def output_layer(self) -> GroupLinear:
+        return self.head.net[-1]
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor, h: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        e = _run(self.fc, x, False)
+        if self.recurrent:
+            h = self.rnn(e, e.new_zeros(*e.shape[:-1], self.hidden_dim) if h is None else h)
+            e = h
+        parts = [e.mean(-2, keepdim=True), context.unsqueeze(-2)]
+        if self.per_agent:
+            parts = [e] + [p.expand(*e.shape[:-1], p.shape[-1]) for p in parts]
+        return self.head(torch.cat(parts, dim=-1)), h
+
+
 NETWORKS: Registry[Callable[..., AgentNet]] = Registry("network")
 
 
