@@ -8,7 +8,7 @@ from torch import nn
 
 from marl.core.errors import MarlError
 from marl.nets import (
-    MLP, NETWORKS, AgentNet, GroupGRUCell, SetNet, GroupLayerNorm, GroupLinear, categorical_entropy,
+    MLP, NETWORKS, AgentNet, GroupGRUCell, GroupLayerNorm, GroupLinear, SetNet, categorical_entropy,
     categorical_greedy, categorical_logp, categorical_logp_entropy, categorical_probs, categorical_sample, gaussian_entropy,
     gaussian_logp, gaussian_sample, mask_logits, num_groups, resolve_groups, with_agent_id,
 )

@@ -25,6 +25,15 @@ def _activation(name: str) -> tuple[Callable[[], nn.Module], float]:
     return ACTIVATIONS[name], nn.init.calculate_gain(name)
 
 
+def _input_layer(in_dim: int, out_dim: int, groups: torch.Tensor, activation: str, layer_norm: bool) -> nn.Sequential:
+    """Grouped Linear [-> LayerNorm] -> act: the layer before a GRU or a pooling."""
+    act, gain = _activation(activation)
+    layers = [GroupLinear(in_dim, out_dim, groups, gain=gain)]
+    if layer_norm:
+        layers.append(GroupLayerNorm(out_dim, groups))
+    return nn.Sequential(*layers, act())
+
+
 def _run(layers: nn.Sequential, x: torch.Tensor, agent_major: bool) -> torch.Tensor:
     """Apply layers in order, passing the layout flag to the grouped ones."""
     for layer in layers:
@@ -101,12 +110,8 @@ class AgentNet(nn.Module):
             return
         if not hidden:
             raise MarlError("a recurrent network needs at least one hidden size", "pass hidden=(64,) or more")
-        act, gain = _activation(activation)
         self.hidden_dim = hidden[1] if len(hidden) > 1 else hidden[0]
-        fc = [GroupLinear(in_dim, hidden[0], groups, gain=gain)]
-        if layer_norm:
-            fc.append(GroupLayerNorm(hidden[0], groups))
-        self.fc = nn.Sequential(*fc, act())
+        self.fc = _input_layer(in_dim, hidden[0], groups, activation, layer_norm)
         self.rnn = GroupGRUCell(hidden[0], self.hidden_dim, groups)
         self.head = MLP(self.hidden_dim, out_dim, hidden[2:], groups=groups, activation=activation,
                         layer_norm=layer_norm, out_gain=out_gain)
@@ -165,22 +170,16 @@ class SetNet(nn.Module):
         hidden = tuple(int(h) for h in hidden)
         if not hidden:
             raise MarlError("a set network needs at least one hidden size", "pass hidden=(64, 64) or similar")
-        act, gain = _activation(activation)
-        self.n_agents, self.recurrent, self.per_agent = groups.numel(), recurrent, per_agent
-        fc = [GroupLinear(in_dim, hidden[0], groups, gain=gain)]
-        if layer_norm:
-            fc.append(GroupLayerNorm(hidden[0], groups))
-        self.fc = nn.Sequential(*fc, act())
-        rest = hidden[1:]
-        self.hidden_dim = 0
+        self.recurrent, self.per_agent = recurrent, per_agent
+        self.fc = _input_layer(in_dim, hidden[0], groups, activation, layer_norm)
+        self.hidden_dim = (hidden[1] if len(hidden) > 1 else hidden[0]) if recurrent else 0
         if recurrent:
-            self.hidden_dim, rest = (hidden[1] if len(hidden) > 1 else hidden[0]), hidden[2:]
             self.rnn = GroupGRUCell(hidden[0], self.hidden_dim, groups)
         embed = self.hidden_dim or hidden[0]
         head_in = embed * (2 if per_agent else 1) + context_dim
         head_groups = groups if per_agent else torch.zeros(1, dtype=torch.long)
-        self.head = MLP(head_in, out_dim, rest, groups=head_groups, activation=activation,
-                        layer_norm=layer_norm, out_gain=out_gain)
+        self.head = MLP(head_in, out_dim, hidden[2:] if recurrent else hidden[1:], groups=head_groups,
+                        activation=activation, layer_norm=layer_norm, out_gain=out_gain)
 
     @property
     def output_layer(self) -> GroupLinear:
