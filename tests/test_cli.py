@@ -21,10 +21,10 @@ import envs
 from envs.builtin.identity import Identity
 from marl.algos import ALGOS
 from marl.algos.onpolicy import OnPolicyConfig
-from marl.checkpoint import latest_checkpoint, load_checkpoint
+from marl.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from marl.cli import load_run_config, main
 from marl.config import TrainConfig
-from marl.configio import field_docs
+from marl.configio import field_docs, load_yaml, save_yaml
 from marl.logging import read_metrics
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -339,6 +339,32 @@ def test_corrupt_checkpoint_fails_resume_and_evaluate(tmp_path, capsys):
     assert snapshot(run_dir) == before  # config.yaml and metrics.jsonl as they were
     fails(capsys, ["evaluate", "--checkpoint", str(latest), "--device", "cpu"], f"checkpoint {latest} is corrupt")
     fails(capsys, ["evaluate", "--checkpoint", str(tmp_path / "missing.pt")], "is missing")
+
+
+def test_runs_saved_before_an_option_existed_load_as_they_were_built(tmp_path, capsys):
+    """A MAPPO run written before `critic_net` existed has no such key and an MLP critic:
+    evaluate and resume rebuild that critic (OnPolicyConfig.saved_defaults). A checkpoint
+    whose networks do not fit the config is one line, not a traceback."""
+    run_dir = tmp_path / "old"
+    assert train(run_dir, "--critic-net", "mlp") == 0
+    evaluate = ["evaluate", "--checkpoint", str(run_dir), "--episodes", "4", "--device", "cpu"]
+    capsys.readouterr()
+    assert main(evaluate) == 0
+    before = capsys.readouterr().out
+    latest = latest_checkpoint(run_dir)
+    ckpt = load_checkpoint(latest)
+    del ckpt["config"]["algo"]["critic_net"]
+    save_checkpoint(latest, ckpt)
+    config = load_yaml(run_dir / "config.yaml")
+    del config["algo"]["critic_net"]
+    save_yaml(run_dir / "config.yaml", config)
+    assert main(evaluate) == 0 and capsys.readouterr().out == before
+    assert main(["train", "--resume", "--run-dir", str(run_dir), "--steps", "640"]) == 0
+    assert load_checkpoint(latest_checkpoint(run_dir))["config"]["algo"]["critic_net"] == "mlp"
+    ckpt = load_checkpoint(latest)
+    ckpt["model"].pop("critic.body.net.0.bias")
+    save_checkpoint(latest, ckpt)
+    fails(capsys, evaluate, "does not fit the networks", "critic.body.net.0.bias", "with the marl version that wrote it")
 
 
 def test_env_raising_mid_episode_keeps_the_last_checkpoint(tmp_path):

@@ -88,6 +88,8 @@ class OnPolicyConfig:
     discrete = True
     continuous = True
     on_policy = True
+    # runs saved before a field existed were built with these values (see saved_algo_config)
+    saved_defaults = {"critic_net": "mlp"}
 
     @property
     def team_value(self) -> bool:
