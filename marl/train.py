@@ -144,7 +144,7 @@ def train(cfg: TrainConfig, algo_cfg=None) -> dict:
         saved = load_yaml(run_dir / "config.yaml")
         cfg = replace(from_dict(TrainConfig, saved["train"]), resume=True, steps=max(cfg.steps, saved["train"]["steps"]))
         entry = ALGOS.get(cfg.algo)  # the run's own algorithm, whatever the resuming call named
-        algo_cfg = saved_algo_config(entry, saved["algo"])
+        algo_cfg = _saved_algo_config(entry, saved["algo"])
     algo_cfg = algo_cfg if algo_cfg is not None else entry.make_config()
     check(cfg.seed >= 0, f"seed must be >= 0, got {cfg.seed}", "pass --seed 0 or more")
     check(cfg.eval_num_envs >= 0, f"eval_num_envs must be >= 0, got {cfg.eval_num_envs}", "pass --eval-num-envs 0 (one env per episode) or more")
@@ -242,7 +242,7 @@ def train(cfg: TrainConfig, algo_cfg=None) -> dict:
     return {"step": step, "run_dir": str(run_dir), **final}
 
 
-def saved_algo_config(entry, saved: dict):
+def _saved_algo_config(entry, saved: dict):
     """The algorithm config a run was saved with. A field added after the run was written
     takes the value that rebuilds the run's networks (the config's `saved_defaults`), not
     today's default."""
@@ -252,15 +252,14 @@ def saved_algo_config(entry, saved: dict):
 
 def _load_model(learner: torch.nn.Module, state: dict, path) -> None:
     """Load a checkpoint's weights; networks that do not match are one line, not a traceback."""
+    problem = f"checkpoint {path} does not fit the networks this marl builds from its config"
+    fix = "evaluate or resume it with the marl version that wrote it"
     want, have = set(learner.state_dict()), set(state)
+    check(want == have, f"{problem} (missing {sorted(want - have)[:2]}, unexpected {sorted(have - want)[:2]})", fix)
     try:
-        check(want == have, f"checkpoint {path} does not fit the networks this marl builds from its config "
-              f"(missing {sorted(want - have)[:2]}, unexpected {sorted(have - want)[:2]})",
-              "evaluate or resume it with the marl version that wrote it")
         learner.load_state_dict(state)
     except RuntimeError as e:  # same names, other shapes
-        raise MarlError(f"checkpoint {path} does not fit the networks this marl builds from its config ({str(e).splitlines()[-1].strip()})",
-                        "evaluate or resume it with the marl version that wrote it") from None
+        raise MarlError(f"{problem} ({str(e).splitlines()[-1].strip()})", fix) from None
 
 
 def evaluate(checkpoint: str, episodes: int = 32, video: str = "", device: str = "auto", seed: int | None = None) -> dict:
@@ -273,7 +272,7 @@ def evaluate(checkpoint: str, episodes: int = 32, video: str = "", device: str =
     check(seed is None or seed >= 0, f"seed must be >= 0, got {seed}", "pass --seed 0 or more")
     eval_seed = (cfg.seed if seed is None else seed) + EVAL_SEED_OFFSET
     entry = ALGOS.get(cfg.algo)
-    algo_cfg = saved_algo_config(entry, saved["algo"])
+    algo_cfg = _saved_algo_config(entry, saved["algo"])
     dev = resolve_device(device)
     make_fn, vec, learner = build(replace(cfg, workers=0), algo_cfg, dev)
     vec.close()  # the training envs: built for the spec and the config's checks

@@ -88,7 +88,7 @@ class OnPolicyConfig:
     discrete = True
     continuous = True
     on_policy = True
-    # runs saved before a field existed were built with these values (see saved_algo_config)
+    # runs saved before a field existed were built with these values (marl.train._saved_algo_config)
     saved_defaults = {"critic_net": "mlp"}
 
     @property
