@@ -190,6 +190,7 @@ class OnPolicyLearner(torch.nn.Module):
         if explore and self.cfg.recurrent:
             value, hc = self._value(inputs["obs"], inputs["state"], hc)
             extras["value"] = self._denormalize(value)
+            extras["critic_hidden"] = hc  # after this step, before any reset: bootstraps its next observation
         if self.spec.discrete:
             logits = mask_logits(out, inputs["avail"])
             if not explore:
@@ -235,17 +236,21 @@ class OnPolicyLearner(torch.nn.Module):
     def _rollout_values(self, b: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """(values, next_values), [T, E, N], denormalised: the value of the observation at and
         after every step t. A feed-forward critic evaluates the rollout's observations, the
-        last ones and the final ones of ended episodes in one batched pass; a recurrent one
-        had its values computed while acting and starts the bootstrap ones from zero state."""
+        last ones and the final ones of ended episodes in one batched pass. A recurrent one
+        had its values computed while acting; its bootstrap values continue from the critic
+        state after each step (before the reset of an ended episode, whose final observation
+        it reads), as an unbroken unroll would."""
         T, E = b["reward"].shape[:2]
-        ff = not self.cfg.recurrent
-        obs = [b["obs"].flatten(0, 1)] if ff else []
-        state = [b["state"].flatten(0, 1)] if ff else []
-        obs += [b["next_obs"], b["final_obs"].flatten(0, 1)]
-        state += [b["next_state"], b["final_state"].flatten(0, 1)]
-        h0 = self._split(self.initial_hidden((T + 1) * E))[1]
-        v = self._denormalize(self._value(torch.cat(obs), torch.cat(state), h0)[0])
-        values = v[:T * E].view(T, E, -1) if ff else b["value"]
+        obs, state = [b["next_obs"], b["final_obs"].flatten(0, 1)], [b["next_state"], b["final_state"].flatten(0, 1)]
+        if self.cfg.recurrent:
+            h = b["critic_hidden"]  # [T, E, N, H]
+            last_h = h[-1] * (~b["done"][-1]).view(-1, 1, 1).to(h.dtype)  # the collector resets ended envs
+            v = self._denormalize(self._value(torch.cat(obs), torch.cat(state), torch.cat([last_h, h.flatten(0, 1)]))[0])
+            values = b["value"]
+        else:
+            v = self._denormalize(self._value(torch.cat([b["obs"].flatten(0, 1), *obs]),
+                                              torch.cat([b["state"].flatten(0, 1), *state]))[0])
+            values = v[:T * E].view(T, E, -1)
         last, final = v[-(T + 1) * E:].split([E, T * E])
         nxt = torch.cat([values[1:], last.unsqueeze(0)])
         return values, torch.where(b["terminated"] | b["truncated"], final.view(T, E, -1), nxt)
