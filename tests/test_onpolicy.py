@@ -132,6 +132,40 @@ def test_rollout_values_match_a_step_by_step_unroll(algo, recurrent):
     vec.close()
 
 
+@pytest.mark.parametrize("popart", [False, True])
+def test_value_clip_is_centred_on_the_critics_own_output(popart):
+    """--value-clip clips the value update around what the critic output before the update
+    (MAPPO's value_preds). At the first minibatch of an update the critic has not moved, so
+    the centre equals its output and no sample loses its value gradient to the clip, however
+    far the value statistics moved on this rollout's returns."""
+    import envs
+    from marl.core.rollout import Collector
+    from marl.core.vec import VecEnv
+
+    vec = VecEnv(envs.make_factory("mpe2/simple_spread_v3"), 4, seed=0)
+    entry = ALGOS.get("mappo")
+    learner = entry.learner(entry.make_config(value_clip=0.2, popart=popart), vec.spec, torch.device("cpu"))
+    collector = Collector(vec, learner, torch.device("cpu"))
+    step, firsts = learner._step, []
+
+    def recording_step(mb, h0):
+        if first[0]:  # the critic has not moved yet
+            with torch.no_grad():
+                firsts.append((learner._evaluate(mb, h0)[2], mb["old_v"]))
+            first[0] = False
+        return step(mb, h0)
+
+    learner._step = recording_step
+    for _ in range(3):
+        first = [True]
+        learner.update(collector.collect(25)[0])
+        assert abs(float(learner.value_norm.mean)) > 0.5  # the statistics moved
+    assert len(firsts) == 3
+    for values, centre in firsts:
+        torch.testing.assert_close(values, centre, rtol=0, atol=1e-5)
+    vec.close()
+
+
 @pytest.mark.parametrize("sharing", ["none", [1, 0]])
 def test_learns_with_separate_and_grouped_parameters(tmp_path, sharing):
     out = _run(tmp_path, algo="ippo", env="builtin/identity", steps=16_000, eval_interval=16_000, seed=1,

@@ -263,11 +263,13 @@ class OnPolicyLearner(torch.nn.Module):
         adv, returns = gae(rewards, values, next_values, b["terminated"], ended, cfg.gamma, cfg.gae_lambda)
         mask = b["alive"]
         if cfg.value_norm:
+            old_v = self.value_norm.normalize(values)  # the critic's own outputs: the value clip's centre
             old = (self.value_norm.mean.clone(), self.value_norm.std) if cfg.popart else None
             self.value_norm.update(returns[mask])
-            if old is not None:
+            if old is not None:  # PopArt rescales the critic to output `values` in the new statistics
                 preserve_outputs(self.critic.output_layer, *old, self.value_norm.mean, self.value_norm.std)
-            target, old_v = self.value_norm.normalize(returns), self.value_norm.normalize(values)
+                old_v = self.value_norm.normalize(values)
+            target = self.value_norm.normalize(returns)
         else:
             target, old_v = returns, values
         if cfg.norm_adv:
