@@ -261,8 +261,3 @@ def in_range(name: str, value: float, lo: float, hi: float) -> None:
     """lo <= value <= hi (e.g. gamma, lambda, clip fractions)."""
     if not lo <= value <= hi:
         raise _bad(name, value, f"in [{lo}, {hi}]")
-
-
-def one_of(name: str, value: Any, choices: typing.Iterable[Any]) -> None:
-    if value not in (choices := list(choices)):
-        raise _bad(name, value, f"one of {', '.join(map(str, choices))}")

@@ -26,7 +26,7 @@ from marl.nets.dists import (
     gaussian_sample,
     mask_logits,
 )
-from marl.nets.models import AgentNet, SetNet, with_agent_id
+from marl.nets.models import AgentNet, SetNet, unroll, with_agent_id
 from marl.nets.sharing import resolve_groups
 
 
@@ -208,22 +208,11 @@ class OnPolicyLearner(torch.nn.Module):
         return action, hidden, extras
 
     # -- learning -----------------------------------------------------------------------
-    def _unroll(self, net, xs: tuple, h0, done: torch.Tensor):
-        """net(*inputs, h) -> (out, h) over inputs [T, E, ...]; recurrent nets step through time resetting at done."""
-        if h0 is None:
-            return net(*xs, None)[0]
-        outs, h = [], h0
-        for t in range(done.shape[0]):
-            out, h = net(*(x[t] for x in xs), h)
-            outs.append(out)
-            h = h * (~done[t]).view(-1, 1, 1).to(h.dtype)
-        return torch.stack(outs)
-
     def _evaluate(self, b: dict, h0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Log-probs, entropies and normalised values of the stored actions, [T, E, N]."""
         ha, hc = self._split(h0)
-        out = self._unroll(self.actor, (self._with_id(b["obs"]),), ha, b["done"])
-        values = self._unroll(self._value, (b["obs"], b["state"]), hc, b["done"])
+        out = unroll(self.actor, (self._with_id(b["obs"]),), ha, b["done"])
+        values = unroll(self._value, (b["obs"], b["state"]), hc, b["done"])
         if self.spec.discrete:
             return (*categorical_logp_entropy(mask_logits(out, b["avail"]), b["actions"]), values)
         log_std = self._log_std().expand_as(out)

@@ -36,7 +36,7 @@ from marl.algos.targets import greedy_next_values, masked_argmax, nstep_targets,
 from marl.core.errors import MarlError, check
 from marl.core.spec import EnvSpec
 from marl.nets.dists import categorical_sample, mask_logits
-from marl.nets.models import AgentNet, with_agent_id
+from marl.nets.models import AgentNet, unroll, with_agent_id
 from marl.nets.sharing import resolve_groups
 
 TEAM_MIXERS = ("vdn", "qmix", "qtran")
@@ -245,13 +245,7 @@ class QLearner(nn.Module):
 
     def _unroll(self, net: AgentNet, x: Tensor) -> Tensor:
         """Utilities [B, R, N, A] for inputs [B, R, N, F]; a GRU runs over the R rows from zeros."""
-        if not self.cfg.recurrent:
-            return net(x)[0]
-        h, outs = None, []
-        for r in range(x.shape[1]):
-            out, h = net(x[:, r], h)
-            outs.append(out)
-        return torch.stack(outs, dim=1)
+        return unroll(net, (x,), net.initial_hidden(x.shape[:1]) if self.cfg.recurrent else None, dim=1)
 
     def _targets(self, reward: Tensor, next_values: Tensor, terminated: Tensor, filled: Tensor) -> Tensor:
         cfg = self.cfg
