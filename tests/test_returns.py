@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from marl.algos.returns import RunningNorm, gae, normalize, preserve_outputs, team_reward
+from marl.algos.returns import RunningNorm, gae, normalize, per_agent_rewards, preserve_outputs
 
 G, L = 0.9, 0.8
 
@@ -72,11 +72,11 @@ def test_running_norm_matches_batch_statistics():
     torch.testing.assert_close(norm.denormalize(norm.normalize(data)), data, atol=1e-4, rtol=0)
 
 
-def test_team_reward_modes():
+def test_per_agent_rewards_modes():
     r = torch.tensor([[1.0, 2.0, 0.0]])
-    assert team_reward(r, "agent") is r
-    assert team_reward(r, "sum").tolist() == [[3.0, 3.0, 3.0]]
-    assert team_reward(r, "mean").tolist() == [[1.0, 1.0, 1.0]]
+    assert per_agent_rewards(r, "agent") is r
+    assert per_agent_rewards(r, "sum").tolist() == [[3.0, 3.0, 3.0]]
+    assert per_agent_rewards(r, "mean").tolist() == [[1.0, 1.0, 1.0]]
 
 
 def test_popart_keeps_denormalised_outputs():

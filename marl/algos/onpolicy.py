@@ -13,7 +13,7 @@ import torch
 
 from marl.algos.optim import adam, clip_grad_norm, flatten
 from marl.algos.registry import ALGOS, AlgoEntry
-from marl.algos.returns import RunningNorm, gae, normalize, preserve_outputs, team_reward
+from marl.algos.returns import RunningNorm, gae, normalize, per_agent_rewards, preserve_outputs
 from marl.core.errors import check
 from marl.core.spec import EnvSpec
 from marl.nets.dists import (
@@ -121,7 +121,7 @@ class OnPolicyLearner(torch.nn.Module):
                   layer_norm=config.layer_norm)
         self.actor = AgentNet(spec.obs_dim + extra, spec.n_actions, out_gain=0.01, groups=groups, **kw)
         self.sets = config.critic == "central" and config.critic_net == "sets"
-        self.context_dim = 0 if spec.state_is_obs else spec.state_dim  # the state part a set critic reads
+        self.context_dim = 0 if spec.state_is_concat_obs else spec.state_dim  # the state part a set critic reads
         if self.sets:
             self.critic = SetNet(spec.obs_dim + extra, self.context_dim, 1, groups=groups,
                                  per_agent=not config.team_value, out_gain=1.0, **kw)
@@ -248,7 +248,7 @@ class OnPolicyLearner(torch.nn.Module):
         cfg = self.cfg
         ended = b["terminated"] | b["truncated"] | b["done"].unsqueeze(-1)
         values, next_values = self._rollout_values(b)
-        rewards = team_reward(b["reward"], cfg.reward)
+        rewards = per_agent_rewards(b["reward"], cfg.reward)
         adv, returns = gae(rewards, values, next_values, b["terminated"], ended, cfg.gamma, cfg.gae_lambda)
         mask = b["alive"]
         if cfg.value_norm:

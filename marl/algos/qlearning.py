@@ -31,7 +31,7 @@ from marl.algos.optim import OPTIMISERS, clip_grad_norm, flatten
 from marl.algos.qheads import HEADS
 from marl.algos.registry import ALGOS, AlgoEntry
 from marl.algos.replay import STEP_KEYS, EpisodeBuilder, EpisodeReplay, episode_rows, segment_steps
-from marl.algos.returns import RunningNorm, masked_mean, rewards_differ, scalar_team_reward, team_reward
+from marl.algos.returns import RunningNorm, masked_mean, per_agent_rewards, rewards_differ, scalar_team_reward
 from marl.algos.targets import greedy_next_values, masked_argmax, nstep_targets, td_lambda_targets
 from marl.core.errors import MarlError, check
 from marl.core.spec import EnvSpec
@@ -275,7 +275,7 @@ class QLearner(nn.Module):
             before = (ended.cumsum(dim=1) - ended.long()) > 0
             c["filled"] = filled.unsqueeze(-1) * (~before).to(filled.dtype)
             c["terminated"] = term
-            c["reward"] = team_reward(reward, cfg.reward)
+            c["reward"] = per_agent_rewards(reward, cfg.reward)
         else:  # one team episode: it terminates at its last step unless an agent was truncated there
             last = filled - torch.cat([filled[:, 1:], torch.zeros_like(filled[:, :1])], dim=1)
             c["filled"] = filled
