@@ -7,7 +7,7 @@ top to bottom in `update`: values → GAE(λ) → normalised advantages → clip
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -32,9 +32,9 @@ from marl.nets.sharing import resolve_groups
 
 @dataclass(frozen=True)
 class OnPolicyConfig:
-    critic: str = "central"
+    critic: Literal["local", "central"] = "central"
     """Value critic input: 'local' (own observation: IA2C/IPPO) or 'central' (every agent's: MAA2C/MAPPO)."""
-    critic_net: str = "sets"
+    critic_net: Literal["sets", "mlp"] = "sets"
     """Network of a central critic: 'sets' (Deep Sets: every agent's observation through its
     sharing group's encoder, the embeddings averaged, plus the global state where it holds
     more than the observations) or 'mlp' (an MLP on the global state, Yu et al.'s)."""
@@ -48,7 +48,7 @@ class OnPolicyConfig:
     """Discount factor."""
     gae_lambda: float = 0.95
     """GAE λ (1 = Monte-Carlo advantages, 0 = one-step TD)."""
-    reward: str = "agent"
+    reward: Literal["agent", "sum", "mean"] = "agent"
     """Reward each agent learns from: 'agent' (its own), 'sum' or 'mean' (the team's, a common reward)."""
     clip: float = 0.2
     """PPO ratio clip; 0 turns the surrogate into the plain policy gradient (A2C)."""
@@ -76,7 +76,7 @@ class OnPolicyConfig:
     """Append a one-hot agent id to network inputs (useful when sharing)."""
     hidden: tuple = (64, 64)
     """Hidden layer sizes of actor and critic."""
-    activation: str = "tanh"
+    activation: Literal["tanh", "relu"] = "tanh"
     """Hidden activation: tanh or relu."""
     layer_norm: bool = False
     """LayerNorm after every hidden linear layer. It bounds the critic's output however far the
@@ -99,9 +99,6 @@ class OnPolicyConfig:
         return self.critic == "central" and self.reward != "agent"
 
     def validate(self, spec: EnvSpec, rollout_envs: int) -> None:
-        check(self.reward in ("agent", "sum", "mean"), f"reward must be agent, sum or mean, got {self.reward!r}", "pass --reward agent|sum|mean")
-        check(self.critic in ("local", "central"), f"critic must be 'local' or 'central', got {self.critic!r}", "pass --critic local or --critic central")
-        check(self.critic_net in ("sets", "mlp"), f"critic_net must be 'sets' or 'mlp', got {self.critic_net!r}", "pass --critic-net sets or --critic-net mlp")
         for name in ("lr", "rollout_len", "epochs", "minibatches"):
             value = getattr(self, name)
             check(value > 0, f"{name} must be positive, got {value}", f"pass a positive --{name.replace('_', '-')}")
