@@ -161,3 +161,16 @@ def test_flat_optimiser_continues_from_torch_optim_state(kind):
             (p - target).pow(4).sum().backward()
             o.step()
     torch.testing.assert_close(w, w_ref, rtol=1e-6, atol=1e-7)
+
+
+def test_no_private_torch_functions():
+    """The package accepts any torch >= 2.2: private functions (torch._foreach_*, ...) may change
+    between releases, so marl and envs use public ops only."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    uses = [f"{path.relative_to(root)}:{i}" for pkg in ("marl", "envs") for path in sorted((root / pkg).rglob("*.py"))
+            for i, line in enumerate(path.read_text().splitlines(), 1)
+            if re.search(r"torch\._[a-z]\w*\(", line.split("#")[0])]
+    assert not uses, uses

@@ -311,9 +311,8 @@ class QLearner(nn.Module):
                     target.load_state_dict(online.state_dict())
             return
         for online, target in pairs:
-            params = list(target.parameters())
-            if params:  # VDN and independent learners have no mixer parameters
-                torch._foreach_lerp_(params, list(online.parameters()), rate)
+            for t, o in zip(target.parameters(), online.parameters(), strict=True):
+                t.lerp_(o, rate)
 
     # -- checkpoint ---------------------------------------------------------------------
     def extra_state(self) -> dict:
