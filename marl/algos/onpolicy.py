@@ -84,10 +84,9 @@ class OnPolicyConfig:
     recurrent: bool = False
     """GRU after the first layer of actor and critic (trained over whole rollouts)."""
 
-    # capabilities
+    # action kinds it handles (marl.algos.registry.AlgoConfig)
     discrete = True
     continuous = True
-    on_policy = True
     # runs saved before a field existed were built with these values (marl.train._saved_algo_config)
     saved_defaults = {"critic_net": "mlp"}
 

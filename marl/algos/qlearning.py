@@ -114,10 +114,9 @@ class QConfig:
     lambda_nopt: float = 1.0
     """QTRAN weight of the non-optimal-action constraint loss."""
 
-    # capabilities
+    # action kinds it handles (marl.algos.registry.AlgoConfig)
     discrete = True
     continuous = False
-    on_policy = False
 
     @property
     def needs_state(self) -> bool:
