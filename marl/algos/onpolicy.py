@@ -69,7 +69,9 @@ class OnPolicyConfig:
     value_norm: bool = True
     """Train the critic on running-normalised returns (MAPPO's value normalisation)."""
     popart: bool = False
-    """Rescale the critic's output layer when the value statistics change (PopArt). Off by default: on simple_spread it learned slower, but it keeps --minibatches 1 from diverging (BENCHMARKS.md)."""
+    """Rescale the critic's output layer when the value statistics change (PopArt), so that the
+    denormalised values stay put; it keeps --minibatches 1 from diverging. Off by default: it
+    learned simple_spread slower (BENCHMARKS.md, "Why these defaults")."""
     sharing: str | list[int] = "all"
     """Parameter sharing: 'all', 'none' or a group id per agent such as 0,0,1."""
     agent_id: bool = True
@@ -317,17 +319,12 @@ def _entry(preset: dict, summary: str) -> AlgoEntry:
     return AlgoEntry(OnPolicyConfig, OnPolicyLearner, preset, summary)
 
 
-# MAPPO and IPPO differ only in their critic. Both use tanh, lr 1e-3 (annealed by
-# --lr-anneal-steps), LayerNorm and an entropy bonus of 0.02, on simple_spread at 200k steps
-# (BENCHMARKS.md, eighth session), judged on seeds 4-6 and 1000-episode re-evaluations:
-# - lr 1e-3 over 5e-4: IPPO -50.5 against -52.5 (1000 episodes, seeds 4-6), MAPPO (with tanh)
-#   -53.4 against relu's -54.3; MAPPO with relu got worse at 1e-3 (-56.0).
-# - LayerNorm (as Yu et al.'s networks): without it --num-envs 8 diverged (the critic's
-#   unbounded extrapolation fed back through the truncation bootstrap).
-# - entropy 0.02 over 0.01: +0.9 (MAPPO) and +1.3 (IPPO) over 6 seeds (sixth session).
-# MAPPO's central critic is the Deep Sets one (`critic_net`, ninth session): -50.8 against
-# the state MLP's -53.4 (1000 episodes, seeds 4-6). In the prototype, adding mpe2's state
-# (the observations again) to the pooled embedding cost 1.8 (-51.9 against -50.1).
+# MAPPO and IPPO differ only in their critic. The preset (figures: BENCHMARKS.md, "Why these
+# defaults"): lr 1e-3 (annealed by --lr-anneal-steps) and an entropy bonus of 0.02 learned
+# simple_spread better than 5e-4 and 0.01; LayerNorm bounds a critic's output far from its
+# training data, so the truncation bootstrap cannot feed extrapolated values back into the
+# targets (without it MAPPO diverged with 8 envs). MAPPO's central critic is the Deep Sets one
+# (`critic_net`), which learns from every agent's observation through a shared encoder.
 PPO_PRESET = {"lr": 1e-3, "layer_norm": True, "ent_coef": 0.02}
 ALGOS.register("mappo", _entry({"critic": "central", **PPO_PRESET},
                                 "PPO with a centralised value critic over all agents' observations (Yu et al. 2022)"))

@@ -43,9 +43,8 @@ from marl.nets.sharing import resolve_groups
 TEAM_MIXERS = ("vdn", "qmix", "qtran")
 ENV_STEPS_PER_UPDATE = 50
 """Default replay ratio (updates_per_collect=0): one gradient step per this many env steps.
-Measured on simple_spread (QMIX, one-step targets, 8 envs, 200k steps, seed 1, 2 shared
-cores): one per 50 steps reached a greedy return of -54.6 at 1435 steps/s, one per 100
-steps -57.0; a gradient step on 32 episodes costs ~11 ms (EPyMARL: one per 25 steps)."""
+One per 100 learned simple_spread worse; EPyMARL's one per 25 takes twice the gradient
+steps (figures: BENCHMARKS.md, "Why these defaults")."""
 
 
 @dataclass(frozen=True)
