@@ -15,6 +15,7 @@ from marl.algos.optim import adam, clip_grad_norm, flatten
 from marl.algos.registry import ALGOS, AlgoEntry
 from marl.algos.returns import RunningNorm, gae, normalize, per_agent_rewards, preserve_outputs
 from marl.core.errors import check
+from marl.core.rollout import reset_hidden
 from marl.core.spec import EnvSpec
 from marl.nets.dists import (
     categorical_greedy,
@@ -231,7 +232,7 @@ class OnPolicyLearner(torch.nn.Module):
         obs, state = [b["next_obs"], b["final_obs"].flatten(0, 1)], [b["next_state"], b["final_state"].flatten(0, 1)]
         if self.cfg.recurrent:
             h = b["critic_hidden"]  # [T, E, N, H]
-            last_h = h[-1] * (~b["done"][-1]).view(-1, 1, 1).to(h.dtype)  # the collector resets ended envs
+            last_h = reset_hidden(h[-1], b["done"][-1])  # as the collector did
             v = self._denormalize(self._value(torch.cat(obs), torch.cat(state), torch.cat([last_h, h.flatten(0, 1)]))[0])
             values = b["value"]
         else:
