@@ -174,3 +174,13 @@ def test_no_private_torch_functions():
             for i, line in enumerate(path.read_text().splitlines(), 1)
             if re.search(r"torch\._[a-z]\w*\(", line.split("#")[0])]
     assert not uses, uses
+
+
+def test_optimiser_choices_are_the_registered_optimisers():
+    import typing
+
+    from marl.algos.optim import OPTIMISERS
+    from marl.algos.qlearning import QConfig
+    from marl.configio import field_types
+
+    assert set(typing.get_args(field_types(QConfig)["optimiser"])) == set(OPTIMISERS)
