@@ -263,6 +263,10 @@ def in_range(name: str, value: float, lo: float, hi: float) -> None:
         raise _bad(name, value, f"in [{lo}, {hi}]")
 
 
-def one_of(name: str, value: Any, choices: typing.Iterable[Any]) -> None:
-    if value not in (choices := list(choices)):
-        raise _bad(name, value, f"one of {', '.join(map(str, choices))}")
+def check_choices(cfg: Any) -> None:
+    """MarlError naming the first field of a dataclass instance whose value is not one of its
+    `Literal[...]` choices: the check that parsing applies, for configs built in Python."""
+    for name, tp in field_types(type(cfg)).items():
+        value = getattr(cfg, name)
+        if typing.get_origin(tp) is Literal and value not in typing.get_args(tp):
+            raise MarlError(f"{flag(name)} expects {_type_name(tp)}, got {value!r}", f"give one of {_type_name(tp)}")

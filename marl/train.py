@@ -21,7 +21,7 @@ import envs
 from marl.algos import ALGOS
 from marl.checkpoint import latest_checkpoint, load_checkpoint, save_step_checkpoint
 from marl.config import TrainConfig
-from marl.configio import from_dict, load_yaml, save_yaml, to_dict
+from marl.configio import check_choices, from_dict, load_yaml, save_yaml, to_dict
 from marl.core.errors import MarlError, check
 from marl.core.evaluator import BackgroundEvaluator, Evaluator
 from marl.core.rollout import Collector, evaluate as run_episodes
@@ -109,6 +109,7 @@ def build(cfg: TrainConfig, algo_cfg, device: torch.device):
     try:
         kind_ok = algo_cfg.discrete if spec.discrete else algo_cfg.continuous
         check(kind_ok, f"{cfg.algo} cannot handle the {spec.action_kind} actions of env '{cfg.env}'", f"pick an algorithm for {spec.action_kind} actions (marl train --help lists them)")
+        check_choices(algo_cfg)
         algo_cfg.validate(spec, cfg.num_envs)
     except MarlError:
         vec.close()

@@ -7,6 +7,7 @@ existing run files untouched. The envs below are real PettingZoo envs reached th
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -285,6 +286,33 @@ def test_bad_input_exits_2_with_one_line_and_no_run_dir(case, tmp_path, capsys):
 def test_bad_flag_values_exit_2(argv, expected, tmp_path, capsys):
     fails(capsys, ["train", *SMALL, "--run-dir", str(tmp_path / "run"), *argv], expected)
     assert not (tmp_path / "run").exists()
+
+
+CHOICES = [("mappo", "--critic", "local,central", "centrl"), ("mappo", "--critic-net", "sets,mlp", "deepsets"),
+           ("ippo", "--reward", "agent,sum,mean", "team"), ("mappo", "--activation", "tanh,relu", "gelu"),
+           ("qmix", "--returns", "td_lambda,nstep", "mc"), ("qmix", "--optimiser", "adam,rmsprop", "sgd"),
+           ("vdn", "--reward", "agent,sum,mean", "none")]
+
+
+@pytest.mark.parametrize("algo, opt, choices, bad", CHOICES)
+def test_choice_flags_list_their_choices_and_refuse_others(algo, opt, choices, bad, tmp_path, capsys):
+    """A choice field is a Literal: --help lists the choices, any other value is one error line
+    (exit 2) naming the flag and the choices, before a run directory exists."""
+    with pytest.raises(SystemExit):
+        main(["train", "--algo", algo, "--help"])
+    assert f"{opt} {{{choices}}}" in capsys.readouterr().out
+    quoted = " | ".join(f"'{c}'" for c in choices.split(","))
+    fails(capsys, ["train", *SMALL, "--algo", algo, "--run-dir", str(tmp_path / "run"), opt, bad], f"{opt} expects {quoted}", repr(bad))
+    assert not (tmp_path / "run").exists()
+
+
+def test_choice_fields_are_checked_for_configs_built_in_python(tmp_path):
+    from marl.core.errors import MarlError
+    from marl.train import train as train_run
+
+    cfg = TrainConfig(env="builtin/identity", steps=64, num_envs=2, workers=0, wandb="disabled", progress=False, run_dir=str(tmp_path / "run"))
+    with pytest.raises(MarlError, match=re.escape("--critic expects 'local' | 'central', got 'centrl'")):
+        train_run(cfg, ALGOS.get("mappo").make_config(critic="centrl"))
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")

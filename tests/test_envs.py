@@ -42,7 +42,7 @@ def test_builtin_api_spec_and_seeding(name):
     env = envs.make(name)
     api_test(env, 100)
     spec = EnvSpec.from_env(env, name)
-    assert spec.has_state and spec.state_dim == env.state_space.shape[0] and not spec.state_is_obs
+    assert spec.has_state and spec.state_dim == env.state_space.shape[0] and not spec.state_is_concat_obs
     assert env.state().shape == env.state_space.shape
 
     def sampler(e):
@@ -124,7 +124,7 @@ def test_mpe2_simple_spread():
     api_test(env, 30)
     spec = EnvSpec.from_env(env)
     assert spec.n_agents == 3 and spec.obs_dim == 18 and spec.n_actions == 5 and spec.discrete
-    assert spec.has_state and spec.state_dim == 54 and spec.state_is_obs  # declared by envs.make
+    assert spec.has_state and spec.state_dim == 54 and spec.state_is_concat_obs  # declared by envs.make
 
 
 def test_mpe2_fast_path_matches_standard_env():

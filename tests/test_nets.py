@@ -8,9 +8,9 @@ from torch import nn
 
 from marl.core.errors import MarlError
 from marl.nets import (
-    MLP, NETWORKS, AgentNet, GroupGRUCell, GroupLayerNorm, GroupLinear, SetNet, categorical_entropy,
+    MLP, AgentNet, GroupGRUCell, GroupLayerNorm, GroupLinear, SetNet, categorical_entropy,
     categorical_greedy, categorical_logp, categorical_logp_entropy, categorical_probs, categorical_sample, gaussian_entropy,
-    gaussian_logp, gaussian_sample, mask_logits, num_groups, resolve_groups, with_agent_id,
+    gaussian_logp, gaussian_sample, mask_logits, num_groups, resolve_groups, unroll, with_agent_id,
 )
 
 N, D, A = 4, 6, 5
@@ -213,15 +213,37 @@ def test_group_gru_cell_matches_torch(sharing):
 
 # ---------------------------------------------------------------- models
 
-@pytest.mark.parametrize("name", NETWORKS.names())
-def test_registry_networks_forward_backward(name):
-    net = NETWORKS.get(name)(D + N, A, resolve_groups([0, 0, 1, 1], N), hidden=(16, 16), layer_norm=True)
+@pytest.mark.parametrize("recurrent", [False, True])
+def test_agent_net_forward_backward(recurrent):
+    net = AgentNet(D + N, A, (16, 16), groups=resolve_groups([0, 0, 1, 1], N), recurrent=recurrent, layer_norm=True)
     x = with_agent_id(torch.randn(2, 3, N, D))
     h = net.initial_hidden((2, 3))
     out, h2 = net(x, h)
     assert out.shape == (2, 3, N, A) and h.shape == h2.shape == (2, 3, N, net.hidden_dim)
     out.square().mean().backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in net.parameters())
+
+
+@pytest.mark.parametrize("dim", [0, 1])
+def test_unroll_carries_the_state_and_restarts_after_done(dim):
+    """unroll over 5 steps with an episode ending at step 1 of env 0: env 0's steps 2-4 equal
+    a fresh unroll of those steps from zeros, env 1 equals one unbroken unroll; a
+    feed-forward net goes through all steps in one call."""
+    net, x = make_net("gru", [1, 1, 0, 0]), torch.randn(5, 2, N, D)
+    done = torch.zeros(5, 2, dtype=torch.bool)
+    done[1, 0] = True
+    move = (lambda t: t.movedim(0, 1)) if dim else (lambda t: t)  # noqa: E731
+    with torch.no_grad():
+        out = move(unroll(net, (move(x),), net.initial_hidden(2), move(done), dim=dim))
+        steps, h = [], None
+        for t in range(5):
+            o, h = net(x[t], h)
+            steps.append(o)
+        torch.testing.assert_close(out[:, 1], torch.stack(steps)[:, 1])
+        torch.testing.assert_close(out[:2, 0], torch.stack(steps)[:2, 0])
+        torch.testing.assert_close(out[2:, 0], unroll(net, (x[2:, :1],), net.initial_hidden(1)).squeeze(1))
+        ff = make_net("mlp", "all")
+        torch.testing.assert_close(unroll(ff, (x,), None, done), ff(x)[0])
 
 
 @pytest.mark.parametrize("activation", ["relu", "tanh"])

@@ -100,28 +100,69 @@ def test_set_critic_reads_every_agent_and_a_state_beyond_them(env, recurrent):
     vec.close()
 
 
+@pytest.mark.parametrize("recurrent", [False, True])
 @pytest.mark.parametrize("algo", ["ippo", "mappo"])
-def test_rollout_values_in_one_pass_match_step_by_step(algo):
-    """The update's single critic pass over a rollout gives, for every step, the value of that
-    step's observation and, as next value, the final observation's where the agent's episode
-    ended (time limit 5 < rollout 8, so envs reset mid-rollout) and the next step's otherwise."""
+def test_rollout_values_match_a_step_by_step_unroll(algo, recurrent):
+    """The update's rollout values equal an unroll of the critic step by step: for every step,
+    the value of that step's observation and, as next value, the final observation's where
+    the agent's episode ended (time limit 5 < rollout 8, so envs reset mid-rollout) and the
+    next step's otherwise. A recurrent critic reads a final observation with the state
+    carried to it (before the reset) and the observation after the rollout with the state
+    carried there, not with a zero state."""
     import envs
-    from marl.core.rollout import Collector
+    from marl.core.rollout import Collector, reset_hidden
     from marl.core.vec import VecEnv
 
     vec = VecEnv(envs.make_factory("mpe2/simple_spread_v3", max_cycles=5), 3, seed=0)
     entry = ALGOS.get(algo)
-    learner = entry.learner(entry.make_config(reward="sum"), vec.spec, torch.device("cpu"))
+    learner = entry.learner(entry.make_config(reward="sum", recurrent=recurrent), vec.spec, torch.device("cpu"))
     b, _ = Collector(vec, learner, torch.device("cpu")).collect(8)
     values, next_values = learner._rollout_values(b)
-    value = lambda obs, state: learner._value(obs, state)[0]  # noqa: E731
+    value = lambda obs, state, h: (lambda v, h: (learner._denormalize(v), h))(*learner._value(obs, state, h))  # noqa: E731
     ended = b["terminated"] | b["truncated"]
     assert ended.any() and not ended.all()
+    h = learner._split(b["hidden0"])[1] if recurrent else None
     for t in range(8):
-        torch.testing.assert_close(values[t], value(b["obs"][t], b["state"][t]))
-        after = value(b["next_obs"], b["next_state"]) if t == 7 else values[t + 1]
-        expected = torch.where(ended[t], value(b["final_obs"][t], b["final_state"][t]), after)
-        torch.testing.assert_close(next_values[t], expected)
+        v, h = value(b["obs"][t], b["state"][t], h)
+        torch.testing.assert_close(values[t], v)
+        final = value(b["final_obs"][t], b["final_state"][t], h)[0]
+        h = reset_hidden(h, b["done"][t])
+        after = value(b["next_obs"], b["next_state"], h)[0] if t == 7 else values[t + 1]
+        torch.testing.assert_close(next_values[t], torch.where(ended[t], final, after))
+    vec.close()
+
+
+@pytest.mark.parametrize("popart", [False, True])
+def test_value_clip_is_centred_on_the_critics_own_output(popart):
+    """--value-clip clips the value update around what the critic output before the update
+    (MAPPO's value_preds). At the first minibatch of an update the critic has not moved, so
+    the centre equals its output and no sample loses its value gradient to the clip, however
+    far the value statistics moved on this rollout's returns."""
+    import envs
+    from marl.core.rollout import Collector
+    from marl.core.vec import VecEnv
+
+    vec = VecEnv(envs.make_factory("mpe2/simple_spread_v3"), 4, seed=0)
+    entry = ALGOS.get("mappo")
+    learner = entry.learner(entry.make_config(value_clip=0.2, popart=popart), vec.spec, torch.device("cpu"))
+    collector = Collector(vec, learner, torch.device("cpu"))
+    step, firsts = learner._step, []
+
+    def recording_step(mb, h0):
+        if first[0]:  # the critic has not moved yet
+            with torch.no_grad():
+                firsts.append((learner._evaluate(mb, h0)[2], mb["old_v"]))
+            first[0] = False
+        return step(mb, h0)
+
+    learner._step = recording_step
+    for _ in range(3):
+        first = [True]
+        learner.update(collector.collect(25)[0])
+        assert abs(float(learner.value_norm.mean)) > 0.5  # the statistics moved
+    assert len(firsts) == 3
+    for values, centre in firsts:
+        torch.testing.assert_close(values, centre, rtol=0, atol=1e-5)
     vec.close()
 
 

@@ -125,6 +125,26 @@ def _learner(algo, env, env_kwargs=None, **kw):
     return vec, QLearner(cfg, vec.spec, torch.device("cpu"), seed=0)
 
 
+@pytest.mark.parametrize("algo", ["idqn", "qmix"])
+def test_soft_target_update_moves_every_target_parameter_by_tau(algo):
+    """tau <= 1: after a gradient step each target parameter (agent net and mixer) becomes
+    target + tau (online - target); tau > 1 copies every that many gradient steps."""
+    vec, learner = _learner(algo, "builtin/identity", target_update_interval_or_tau=0.25)
+    vec.close()
+    pairs = [(learner.net, learner.target_net), (learner.head, learner.target_head)]
+    with torch.no_grad():
+        for online, _ in pairs:
+            for p in online.parameters():
+                p.add_(1.0)
+    before = [(o.detach().clone(), t.clone()) for online, target in pairs
+              for o, t in zip(online.parameters(), target.parameters(), strict=True)]
+    assert len(before) > (8 if algo == "qmix" else 4)
+    learner._update_targets()
+    after = [t for _, target in pairs for t in target.parameters()]
+    for (o, t), new in zip(before, after, strict=True):
+        torch.testing.assert_close(new, t + 0.25 * (o - t))
+
+
 def test_act_never_picks_a_masked_action():
     vec, learner = _learner("idqn", "builtin/identity", {"masked": True, "n_actions": 4})
     vec.close()

@@ -57,3 +57,66 @@ def test_evaluate_reports_returns_and_renders_a_video(tmp_path):
     out = evaluate(str(tmp_path / "run"), episodes=3, video=str(tmp_path / "ep.gif"))
     assert out["eval/episodes"] == 3 and out["eval/length_mean"] == 5
     assert (tmp_path / "ep.gif").stat().st_size > 1000
+
+
+def _conforms(obj, *protocols) -> list[str]:
+    """What `obj` lacks of the protocols: a member, or a method whose parameters do not start
+    with the protocol's (names compared unless positional-only; extra parameters of the
+    implementation need defaults)."""
+    import inspect
+
+    problems = []
+    for proto in protocols:
+        for name in getattr(proto, "__annotations__", {}):
+            if not hasattr(obj, name):
+                problems.append(f"{proto.__name__}.{name} missing")
+        for name, member in vars(proto).items():
+            if name.startswith("_") or not callable(member):
+                continue
+            if not callable(getattr(obj, name, None)):
+                problems.append(f"{proto.__name__}.{name}() missing")
+                continue
+            want = list(inspect.signature(member).parameters.values())[1:]  # without self
+            have = list(inspect.signature(getattr(obj, name)).parameters.values())
+            extra_ok = all(p.default is not p.empty or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in have[len(want):])
+            renamed = any(w.kind is not w.POSITIONAL_ONLY and w.name != h.name for w, h in zip(want, have))
+            if len(have) < len(want) or renamed or not extra_ok:
+                problems.append(f"{proto.__name__}.{name}{inspect.signature(member)} != {name}{inspect.signature(getattr(obj, name))}")
+    return problems
+
+
+@pytest.mark.parametrize("algo", ALGOS.names())
+def test_every_algorithm_implements_the_learner_and_config_protocols(algo):
+    """The registry's contract (marl.algos.registry): each registered config is an AlgoConfig
+    and each learner a Learner (itself a marl.core.rollout.Policy), with the protocol's
+    parameter names."""
+    import torch
+
+    from marl.algos.registry import AlgoConfig, Learner
+    from marl.core.rollout import Policy
+
+    entry = ALGOS.get(algo)
+    vec = VecEnv(envs.make_factory("builtin/identity"), 2)
+    cfg = entry.make_config(**({"reward": "sum"} if algo in ("vdn", "qmix", "qtran") else {}))
+    learner = entry.learner(cfg, vec.spec, torch.device("cpu"), 0)
+    vec.close()
+    assert isinstance(cfg, AlgoConfig) and isinstance(learner, Learner)
+    assert _conforms(cfg, AlgoConfig) == [] and _conforms(learner, Learner, Policy) == []
+
+
+def test_protocol_check_names_what_is_missing():
+    from marl.algos.registry import AlgoConfig, Learner
+
+    class Partial:
+        discrete = True
+
+        def validate(self, spec):
+            pass
+
+        def act(self, obs, state, avail, alive, hidden, explore):
+            pass
+
+    assert not isinstance(Partial(), AlgoConfig) and not isinstance(Partial(), Learner)
+    problems = _conforms(Partial(), AlgoConfig, Learner)
+    assert "AlgoConfig.continuous missing" in problems and "Learner.update() missing" in problems
+    assert any(p.startswith("AlgoConfig.validate") for p in problems)

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from marl.algos.returns import RunningNorm, gae, normalize, preserve_outputs, team_reward
+from marl.algos.returns import RunningNorm, gae, normalize, per_agent_rewards, preserve_outputs
 
 G, L = 0.9, 0.8
 
@@ -72,11 +72,11 @@ def test_running_norm_matches_batch_statistics():
     torch.testing.assert_close(norm.denormalize(norm.normalize(data)), data, atol=1e-4, rtol=0)
 
 
-def test_team_reward_modes():
+def test_per_agent_rewards_modes():
     r = torch.tensor([[1.0, 2.0, 0.0]])
-    assert team_reward(r, "agent") is r
-    assert team_reward(r, "sum").tolist() == [[3.0, 3.0, 3.0]]
-    assert team_reward(r, "mean").tolist() == [[1.0, 1.0, 1.0]]
+    assert per_agent_rewards(r, "agent") is r
+    assert per_agent_rewards(r, "sum").tolist() == [[3.0, 3.0, 3.0]]
+    assert per_agent_rewards(r, "mean").tolist() == [[1.0, 1.0, 1.0]]
 
 
 def test_popart_keeps_denormalised_outputs():
@@ -161,3 +161,26 @@ def test_flat_optimiser_continues_from_torch_optim_state(kind):
             (p - target).pow(4).sum().backward()
             o.step()
     torch.testing.assert_close(w, w_ref, rtol=1e-6, atol=1e-7)
+
+
+def test_no_private_torch_functions():
+    """The package accepts any torch >= 2.2: private functions (torch._foreach_*, ...) may change
+    between releases, so marl and envs use public ops only."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    uses = [f"{path.relative_to(root)}:{i}" for pkg in ("marl", "envs") for path in sorted((root / pkg).rglob("*.py"))
+            for i, line in enumerate(path.read_text().splitlines(), 1)
+            if re.search(r"torch\._[a-z]\w*\(", line.split("#")[0])]
+    assert not uses, uses
+
+
+def test_optimiser_choices_are_the_registered_optimisers():
+    import typing
+
+    from marl.algos.optim import OPTIMISERS
+    from marl.algos.qlearning import QConfig
+    from marl.configio import field_types
+
+    assert set(typing.get_args(field_types(QConfig)["optimiser"])) == set(OPTIMISERS)

@@ -7,14 +7,15 @@ top to bottom in `update`: values → GAE(λ) → normalised advantages → clip
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
 from marl.algos.optim import adam, clip_grad_norm, flatten
 from marl.algos.registry import ALGOS, AlgoEntry
-from marl.algos.returns import RunningNorm, gae, normalize, preserve_outputs, team_reward
+from marl.algos.returns import RunningNorm, gae, normalize, per_agent_rewards, preserve_outputs
 from marl.core.errors import check
+from marl.core.rollout import reset_hidden
 from marl.core.spec import EnvSpec
 from marl.nets.dists import (
     categorical_greedy,
@@ -26,15 +27,15 @@ from marl.nets.dists import (
     gaussian_sample,
     mask_logits,
 )
-from marl.nets.models import AgentNet, SetNet, with_agent_id
+from marl.nets.models import AgentNet, SetNet, unroll, with_agent_id
 from marl.nets.sharing import resolve_groups
 
 
 @dataclass(frozen=True)
 class OnPolicyConfig:
-    critic: str = "central"
+    critic: Literal["local", "central"] = "central"
     """Value critic input: 'local' (own observation: IA2C/IPPO) or 'central' (every agent's: MAA2C/MAPPO)."""
-    critic_net: str = "sets"
+    critic_net: Literal["sets", "mlp"] = "sets"
     """Network of a central critic: 'sets' (Deep Sets: every agent's observation through its
     sharing group's encoder, the embeddings averaged, plus the global state where it holds
     more than the observations) or 'mlp' (an MLP on the global state, Yu et al.'s)."""
@@ -48,7 +49,7 @@ class OnPolicyConfig:
     """Discount factor."""
     gae_lambda: float = 0.95
     """GAE λ (1 = Monte-Carlo advantages, 0 = one-step TD)."""
-    reward: str = "agent"
+    reward: Literal["agent", "sum", "mean"] = "agent"
     """Reward each agent learns from: 'agent' (its own), 'sum' or 'mean' (the team's, a common reward)."""
     clip: float = 0.2
     """PPO ratio clip; 0 turns the surrogate into the plain policy gradient (A2C)."""
@@ -69,14 +70,16 @@ class OnPolicyConfig:
     value_norm: bool = True
     """Train the critic on running-normalised returns (MAPPO's value normalisation)."""
     popart: bool = False
-    """Rescale the critic's output layer when the value statistics change (PopArt). Off by default: on simple_spread it learned slower, but it keeps --minibatches 1 from diverging (BENCHMARKS.md)."""
+    """Rescale the critic's output layer when the value statistics change (PopArt), so that the
+    denormalised values stay put; it keeps --minibatches 1 from diverging. Off by default: it
+    learned simple_spread slower (BENCHMARKS.md, "Why these defaults")."""
     sharing: str | list[int] = "all"
     """Parameter sharing: 'all', 'none' or a group id per agent such as 0,0,1."""
     agent_id: bool = True
     """Append a one-hot agent id to network inputs (useful when sharing)."""
     hidden: tuple = (64, 64)
     """Hidden layer sizes of actor and critic."""
-    activation: str = "tanh"
+    activation: Literal["tanh", "relu"] = "tanh"
     """Hidden activation: tanh or relu."""
     layer_norm: bool = False
     """LayerNorm after every hidden linear layer. It bounds the critic's output however far the
@@ -84,10 +87,9 @@ class OnPolicyConfig:
     recurrent: bool = False
     """GRU after the first layer of actor and critic (trained over whole rollouts)."""
 
-    # capabilities
+    # action kinds it handles (marl.algos.registry.AlgoConfig)
     discrete = True
     continuous = True
-    on_policy = True
     # runs saved before a field existed were built with these values (marl.train._saved_algo_config)
     saved_defaults = {"critic_net": "mlp"}
 
@@ -99,9 +101,6 @@ class OnPolicyConfig:
         return self.critic == "central" and self.reward != "agent"
 
     def validate(self, spec: EnvSpec, rollout_envs: int) -> None:
-        check(self.reward in ("agent", "sum", "mean"), f"reward must be agent, sum or mean, got {self.reward!r}", "pass --reward agent|sum|mean")
-        check(self.critic in ("local", "central"), f"critic must be 'local' or 'central', got {self.critic!r}", "pass --critic local or --critic central")
-        check(self.critic_net in ("sets", "mlp"), f"critic_net must be 'sets' or 'mlp', got {self.critic_net!r}", "pass --critic-net sets or --critic-net mlp")
         for name in ("lr", "rollout_len", "epochs", "minibatches"):
             value = getattr(self, name)
             check(value > 0, f"{name} must be positive, got {value}", f"pass a positive --{name.replace('_', '-')}")
@@ -121,7 +120,7 @@ class OnPolicyLearner(torch.nn.Module):
                   layer_norm=config.layer_norm)
         self.actor = AgentNet(spec.obs_dim + extra, spec.n_actions, out_gain=0.01, groups=groups, **kw)
         self.sets = config.critic == "central" and config.critic_net == "sets"
-        self.context_dim = 0 if spec.state_is_obs else spec.state_dim  # the state part a set critic reads
+        self.context_dim = 0 if spec.state_is_concat_obs else spec.state_dim  # the state part a set critic reads
         if self.sets:
             self.critic = SetNet(spec.obs_dim + extra, self.context_dim, 1, groups=groups,
                                  per_agent=not config.team_value, out_gain=1.0, **kw)
@@ -190,6 +189,7 @@ class OnPolicyLearner(torch.nn.Module):
         if explore and self.cfg.recurrent:
             value, hc = self._value(inputs["obs"], inputs["state"], hc)
             extras["value"] = self._denormalize(value)
+            extras["critic_hidden"] = hc  # after this step, before any reset: bootstraps its next observation
         if self.spec.discrete:
             logits = mask_logits(out, inputs["avail"])
             if not explore:
@@ -207,22 +207,11 @@ class OnPolicyLearner(torch.nn.Module):
         return action, hidden, extras
 
     # -- learning -----------------------------------------------------------------------
-    def _unroll(self, net, xs: tuple, h0, done: torch.Tensor):
-        """net(*inputs, h) -> (out, h) over inputs [T, E, ...]; recurrent nets step through time resetting at done."""
-        if h0 is None:
-            return net(*xs, None)[0]
-        outs, h = [], h0
-        for t in range(done.shape[0]):
-            out, h = net(*(x[t] for x in xs), h)
-            outs.append(out)
-            h = h * (~done[t]).view(-1, 1, 1).to(h.dtype)
-        return torch.stack(outs)
-
     def _evaluate(self, b: dict, h0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Log-probs, entropies and normalised values of the stored actions, [T, E, N]."""
         ha, hc = self._split(h0)
-        out = self._unroll(self.actor, (self._with_id(b["obs"]),), ha, b["done"])
-        values = self._unroll(self._value, (b["obs"], b["state"]), hc, b["done"])
+        out = unroll(self.actor, (self._with_id(b["obs"]),), ha, b["done"])
+        values = unroll(self._value, (b["obs"], b["state"]), hc, b["done"])
         if self.spec.discrete:
             return (*categorical_logp_entropy(mask_logits(out, b["avail"]), b["actions"]), values)
         log_std = self._log_std().expand_as(out)
@@ -235,17 +224,21 @@ class OnPolicyLearner(torch.nn.Module):
     def _rollout_values(self, b: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """(values, next_values), [T, E, N], denormalised: the value of the observation at and
         after every step t. A feed-forward critic evaluates the rollout's observations, the
-        last ones and the final ones of ended episodes in one batched pass; a recurrent one
-        had its values computed while acting and starts the bootstrap ones from zero state."""
+        last ones and the final ones of ended episodes in one batched pass. A recurrent one
+        had its values computed while acting; its bootstrap values continue from the critic
+        state after each step (before the reset of an ended episode, whose final observation
+        it reads), as an unbroken unroll would."""
         T, E = b["reward"].shape[:2]
-        ff = not self.cfg.recurrent
-        obs = [b["obs"].flatten(0, 1)] if ff else []
-        state = [b["state"].flatten(0, 1)] if ff else []
-        obs += [b["next_obs"], b["final_obs"].flatten(0, 1)]
-        state += [b["next_state"], b["final_state"].flatten(0, 1)]
-        h0 = self._split(self.initial_hidden((T + 1) * E))[1]
-        v = self._denormalize(self._value(torch.cat(obs), torch.cat(state), h0)[0])
-        values = v[:T * E].view(T, E, -1) if ff else b["value"]
+        obs, state = [b["next_obs"], b["final_obs"].flatten(0, 1)], [b["next_state"], b["final_state"].flatten(0, 1)]
+        if self.cfg.recurrent:
+            h = b["critic_hidden"]  # [T, E, N, H]
+            last_h = reset_hidden(h[-1], b["done"][-1])  # as the collector did
+            v = self._denormalize(self._value(torch.cat(obs), torch.cat(state), torch.cat([last_h, h.flatten(0, 1)]))[0])
+            values = b["value"]
+        else:
+            v = self._denormalize(self._value(torch.cat([b["obs"].flatten(0, 1), *obs]),
+                                              torch.cat([b["state"].flatten(0, 1), *state]))[0])
+            values = v[:T * E].view(T, E, -1)
         last, final = v[-(T + 1) * E:].split([E, T * E])
         nxt = torch.cat([values[1:], last.unsqueeze(0)])
         return values, torch.where(b["terminated"] | b["truncated"], final.view(T, E, -1), nxt)
@@ -254,15 +247,17 @@ class OnPolicyLearner(torch.nn.Module):
         cfg = self.cfg
         ended = b["terminated"] | b["truncated"] | b["done"].unsqueeze(-1)
         values, next_values = self._rollout_values(b)
-        rewards = team_reward(b["reward"], cfg.reward)
+        rewards = per_agent_rewards(b["reward"], cfg.reward)
         adv, returns = gae(rewards, values, next_values, b["terminated"], ended, cfg.gamma, cfg.gae_lambda)
         mask = b["alive"]
         if cfg.value_norm:
+            old_v = self.value_norm.normalize(values)  # the critic's own outputs: the value clip's centre
             old = (self.value_norm.mean.clone(), self.value_norm.std) if cfg.popart else None
             self.value_norm.update(returns[mask])
-            if old is not None:
+            if old is not None:  # PopArt rescales the critic to output `values` in the new statistics
                 preserve_outputs(self.critic.output_layer, *old, self.value_norm.mean, self.value_norm.std)
-            target, old_v = self.value_norm.normalize(returns), self.value_norm.normalize(values)
+                old_v = self.value_norm.normalize(values)
+            target = self.value_norm.normalize(returns)
         else:
             target, old_v = returns, values
         if cfg.norm_adv:
@@ -325,17 +320,12 @@ def _entry(preset: dict, summary: str) -> AlgoEntry:
     return AlgoEntry(OnPolicyConfig, OnPolicyLearner, preset, summary)
 
 
-# MAPPO and IPPO differ only in their critic. Both use tanh, lr 1e-3 (annealed by
-# --lr-anneal-steps), LayerNorm and an entropy bonus of 0.02, on simple_spread at 200k steps
-# (BENCHMARKS.md, eighth session), judged on seeds 4-6 and 1000-episode re-evaluations:
-# - lr 1e-3 over 5e-4: IPPO -50.5 against -52.5 (1000 episodes, seeds 4-6), MAPPO (with tanh)
-#   -53.4 against relu's -54.3; MAPPO with relu got worse at 1e-3 (-56.0).
-# - LayerNorm (as Yu et al.'s networks): without it --num-envs 8 diverged (the critic's
-#   unbounded extrapolation fed back through the truncation bootstrap).
-# - entropy 0.02 over 0.01: +0.9 (MAPPO) and +1.3 (IPPO) over 6 seeds (sixth session).
-# MAPPO's central critic is the Deep Sets one (`critic_net`, ninth session): -50.8 against
-# the state MLP's -53.4 (1000 episodes, seeds 4-6). In the prototype, adding mpe2's state
-# (the observations again) to the pooled embedding cost 1.8 (-51.9 against -50.1).
+# MAPPO and IPPO differ only in their critic. The preset (figures: BENCHMARKS.md, "Why these
+# defaults"): lr 1e-3 (annealed by --lr-anneal-steps) and an entropy bonus of 0.02 learned
+# simple_spread better than 5e-4 and 0.01; LayerNorm bounds a critic's output far from its
+# training data, so the truncation bootstrap cannot feed extrapolated values back into the
+# targets (without it MAPPO diverged with 8 envs). MAPPO's central critic is the Deep Sets one
+# (`critic_net`), which learns from every agent's observation through a shared encoder.
 PPO_PRESET = {"lr": 1e-3, "layer_norm": True, "ent_coef": 0.02}
 ALGOS.register("mappo", _entry({"critic": "central", **PPO_PRESET},
                                 "PPO with a centralised value critic over all agents' observations (Yu et al. 2022)"))

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -31,20 +32,19 @@ from marl.algos.optim import OPTIMISERS, clip_grad_norm, flatten
 from marl.algos.qheads import HEADS
 from marl.algos.registry import ALGOS, AlgoEntry
 from marl.algos.replay import STEP_KEYS, EpisodeBuilder, EpisodeReplay, episode_rows, segment_steps
-from marl.algos.returns import RunningNorm, masked_mean, rewards_differ, scalar_team_reward, team_reward
+from marl.algos.returns import RunningNorm, masked_mean, per_agent_rewards, rewards_differ, scalar_team_reward
 from marl.algos.targets import greedy_next_values, masked_argmax, nstep_targets, td_lambda_targets
 from marl.core.errors import MarlError, check
 from marl.core.spec import EnvSpec
 from marl.nets.dists import categorical_sample, mask_logits
-from marl.nets.models import AgentNet, with_agent_id
+from marl.nets.models import AgentNet, unroll, with_agent_id
 from marl.nets.sharing import resolve_groups
 
 TEAM_MIXERS = ("vdn", "qmix", "qtran")
 ENV_STEPS_PER_UPDATE = 50
 """Default replay ratio (updates_per_collect=0): one gradient step per this many env steps.
-Measured on simple_spread (QMIX, one-step targets, 8 envs, 200k steps, seed 1, 2 shared
-cores): one per 50 steps reached a greedy return of -54.6 at 1435 steps/s, one per 100
-steps -57.0; a gradient step on 32 episodes costs ~11 ms (EPyMARL: one per 25 steps)."""
+One per 100 learned simple_spread worse; EPyMARL's one per 25 takes twice the gradient
+steps (figures: BENCHMARKS.md, "Why these defaults")."""
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,7 @@ class QConfig:
     """Episodes the replay must hold before gradient steps start (at least batch_size)."""
     lr: float = 5e-4
     """Learning rate."""
-    optimiser: str = "adam"
+    optimiser: Literal["adam", "rmsprop"] = "adam"
     """Optimiser: adam or rmsprop (pymarl's RMSprop, alpha 0.99, eps 1e-5)."""
     gamma: float = 0.99
     """Discount factor."""
@@ -78,7 +78,7 @@ class QConfig:
     """Double Q: the online net picks the next action (over available actions), the target net values it."""
     target_update_interval_or_tau: float = 200.0
     """Target networks: > 1 copies them every this many gradient steps (hard); <= 1 is the soft-update rate tau per step."""
-    returns: str = "td_lambda"
+    returns: Literal["td_lambda", "nstep"] = "td_lambda"
     """Return target: 'td_lambda' (lambda = td_lambda) or 'nstep' (n = n_step; n_step 1 is one-step Q-learning)."""
     n_step: int = 1
     """n of the n-step target (returns='nstep')."""
@@ -92,7 +92,7 @@ class QConfig:
     """Append a one-hot agent id to the agent network inputs (useful when sharing)."""
     hidden: tuple = (64, 64)
     """Hidden sizes of the agent networks (recurrent: first layer size, GRU size, then head layers)."""
-    reward: str = "agent"
+    reward: Literal["agent", "sum", "mean"] = "agent"
     """Reward each learner sees: 'agent' (its own; VDN/QMIX/QTRAN then need the agents' rewards to be equal), 'sum' or 'mean' over agents (a team reward)."""
     standardise_rewards: bool = False
     """Standardise rewards by running mean and std before computing targets (EPyMARL's standardise_rewards; centring changes the task where episodes terminate)."""
@@ -113,10 +113,9 @@ class QConfig:
     lambda_nopt: float = 1.0
     """QTRAN weight of the non-optimal-action constraint loss."""
 
-    # capabilities
+    # action kinds it handles (marl.algos.registry.AlgoConfig)
     discrete = True
     continuous = False
-    on_policy = False
 
     @property
     def needs_state(self) -> bool:
@@ -143,9 +142,6 @@ class QConfig:
         check(self.epsilon_anneal_steps >= 0, f"epsilon_anneal_steps must be >= 0, got {self.epsilon_anneal_steps}", "pass --epsilon-anneal-steps 0 or more")
         check(self.target_update_interval_or_tau > 0, f"target_update_interval_or_tau must be positive, got {self.target_update_interval_or_tau}",
               "pass e.g. 200 (hard copy every 200 gradient steps) or 0.005 (soft)")
-        check(self.returns in ("nstep", "td_lambda"), f"returns must be 'nstep' or 'td_lambda', got {self.returns!r}", "pass --returns nstep or --returns td_lambda")
-        check(self.reward in ("agent", "sum", "mean"), f"reward must be 'agent', 'sum' or 'mean', got {self.reward!r}", "pass --reward agent, sum or mean")
-        check(self.optimiser in OPTIMISERS, f"optimiser must be one of {', '.join(OPTIMISERS)}, got {self.optimiser!r}", "pass --optimiser adam or rmsprop")
         check(self.max_grad_norm >= 0, f"max_grad_norm must be >= 0, got {self.max_grad_norm}", "pass --max-grad-norm 10 (0 = off)")
         check(self.replay_device in ("", "cpu") or self.replay_device.startswith("cuda"), f"replay_device '{self.replay_device}' is not understood",
               "leave --replay-device empty (the learner device) or pass cpu / cuda")
@@ -245,13 +241,7 @@ class QLearner(nn.Module):
 
     def _unroll(self, net: AgentNet, x: Tensor) -> Tensor:
         """Utilities [B, R, N, A] for inputs [B, R, N, F]; a GRU runs over the R rows from zeros."""
-        if not self.cfg.recurrent:
-            return net(x)[0]
-        h, outs = None, []
-        for r in range(x.shape[1]):
-            out, h = net(x[:, r], h)
-            outs.append(out)
-        return torch.stack(outs, dim=1)
+        return unroll(net, (x,), net.initial_hidden(x.shape[:1]) if self.cfg.recurrent else None, dim=1)
 
     def _targets(self, reward: Tensor, next_values: Tensor, terminated: Tensor, filled: Tensor) -> Tensor:
         cfg = self.cfg
@@ -281,7 +271,7 @@ class QLearner(nn.Module):
             before = (ended.cumsum(dim=1) - ended.long()) > 0
             c["filled"] = filled.unsqueeze(-1) * (~before).to(filled.dtype)
             c["terminated"] = term
-            c["reward"] = team_reward(reward, cfg.reward)
+            c["reward"] = per_agent_rewards(reward, cfg.reward)
         else:  # one team episode: it terminates at its last step unless an agent was truncated there
             last = filled - torch.cat([filled[:, 1:], torch.zeros_like(filled[:, :1])], dim=1)
             c["filled"] = filled
@@ -319,9 +309,8 @@ class QLearner(nn.Module):
                     target.load_state_dict(online.state_dict())
             return
         for online, target in pairs:
-            params = list(target.parameters())
-            if params:  # VDN and independent learners have no mixer parameters
-                torch._foreach_lerp_(params, list(online.parameters()), rate)
+            for t, o in zip(target.parameters(), online.parameters(), strict=True):
+                t.lerp_(o, rate)
 
     # -- checkpoint ---------------------------------------------------------------------
     def extra_state(self) -> dict:

@@ -33,7 +33,7 @@ def gae(
     return adv, adv + values
 
 
-def team_reward(rewards: torch.Tensor, mode: str) -> torch.Tensor:
+def per_agent_rewards(rewards: torch.Tensor, mode: str) -> torch.Tensor:
     """Rewards [..., N] as each agent learns them: 'agent' keeps its own, 'sum'/'mean' give every
     agent the team's sum/mean (agents not alive have reward 0, so they add nothing)."""
     if mode == "agent":

@@ -55,7 +55,7 @@ class EnvSpec:
     action_low: tuple[tuple[float, ...], ...] = ()
     action_high: tuple[tuple[float, ...], ...] = ()
     name: str = ""
-    state_is_obs: bool = False  # the state holds nothing beyond the agents' observations
+    state_is_concat_obs: bool = False  # the state is the agents' observations concatenated: it adds nothing to them
 
     @property
     def n_agents(self) -> int:
@@ -104,9 +104,10 @@ class EnvSpec:
             space = getattr(env, "state_space", None)
             if isinstance(space, spaces.Box):
                 has_state, state_dim = True, int(np.prod(space.shape))
-        # an env may declare that state() is the concatenation of its observations (mpe2)
-        state_is_obs = not has_state or bool(getattr(env, "state_is_concat_obs", False))
-        return cls(agents, obs_dims, kind, sizes, state_dim, has_state, has_mask, low, high, name, state_is_obs)
+        # without state() the state is the concatenated padded observations; an env may declare
+        # that its state() is the concatenation of its observations (envs.make does for mpe2)
+        concat = not has_state or bool(getattr(env, "state_is_concat_obs", False))
+        return cls(agents, obs_dims, kind, sizes, state_dim, has_state, has_mask, low, high, name, concat)
 
 
 class Encoder:
@@ -125,7 +126,7 @@ class Encoder:
             base[:] = True
         self.base_avail = base
         # state() == concatenation of the (unpadded) observations: build it from them
-        self.state_from_obs = spec.has_state and spec.state_is_obs
+        self.state_from_obs = spec.has_state and spec.state_is_concat_obs
         d = spec.obs_dim
         self._valid = np.concatenate([np.arange(i * d, i * d + n) for i, n in enumerate(spec.obs_dims)])
 

@@ -10,18 +10,17 @@ from marl.nets.dists import (
     categorical_probs,
     categorical_sample,
     gaussian_entropy,
-    gaussian_greedy,
     gaussian_logp,
     gaussian_sample,
     mask_logits,
 )
 from marl.nets.layers import GroupGRUCell, GroupLayerNorm, GroupLinear, grouped_linear
-from marl.nets.models import MLP, NETWORKS, AgentNet, SetNet, with_agent_id
+from marl.nets.models import MLP, AgentNet, SetNet, unroll, with_agent_id
 from marl.nets.sharing import as_groups, num_groups, resolve_groups
 
 __all__ = [
     "MASK_VALUE", "categorical_entropy", "categorical_greedy", "categorical_logp", "categorical_logp_entropy", "categorical_probs",
-    "categorical_sample", "gaussian_entropy", "gaussian_greedy", "gaussian_logp", "gaussian_sample",
-    "mask_logits", "GroupGRUCell", "GroupLayerNorm", "GroupLinear", "grouped_linear", "MLP", "NETWORKS",
-    "AgentNet", "SetNet", "with_agent_id", "as_groups", "num_groups", "resolve_groups",
+    "categorical_sample", "gaussian_entropy", "gaussian_logp", "gaussian_sample",
+    "mask_logits", "GroupGRUCell", "GroupLayerNorm", "GroupLinear", "grouped_linear", "MLP",
+    "AgentNet", "SetNet", "unroll", "with_agent_id", "as_groups", "num_groups", "resolve_groups",
 ]

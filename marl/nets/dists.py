@@ -91,13 +91,8 @@ def gaussian_entropy(log_std: torch.Tensor) -> torch.Tensor:
     return (0.5 + _HALF_LOG_2PI + log_std).sum(dim=-1)
 
 
-def gaussian_greedy(mean: torch.Tensor) -> torch.Tensor:
-    """The deterministic action: the mean."""
-    return mean
-
-
 __all__ = [
     "MASK_VALUE", "mask_logits", "categorical_probs", "categorical_sample", "categorical_logp",
     "categorical_entropy", "categorical_logp_entropy", "categorical_greedy", "gaussian_sample", "gaussian_logp",
-    "gaussian_entropy", "gaussian_greedy",
+    "gaussian_entropy",
 ]

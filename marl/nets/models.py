@@ -11,7 +11,6 @@ import torch
 from torch import nn
 
 from marl.core.errors import MarlError
-from marl.core.registry import Registry
 from marl.nets.layers import GroupGRUCell, GroupLayerNorm, GroupLinear, from_agent_major, to_agent_major
 from marl.nets.sharing import Sharing, as_groups
 
@@ -147,6 +146,23 @@ class AgentNet(nn.Module):
         return out, h
 
 
+def unroll(step: Callable[..., tuple[torch.Tensor, torch.Tensor | None]], xs: Sequence[torch.Tensor],
+           h0: torch.Tensor | None, done: torch.Tensor | None = None, dim: int = 0) -> torch.Tensor:
+    """Outputs of `step(*inputs, h) -> (out, h')` (e.g. an AgentNet) over the time axis `dim`
+    of the inputs. With h0 None (a feed-forward net) all steps go through in one call;
+    otherwise the state is carried step by step from h0 [*batch, N, H] and zeroed after
+    the steps where `done` [*batch and time, the time axis at `dim`] is set (an episode ended)."""
+    if h0 is None:
+        return step(*xs, None)[0]
+    outs, h = [], h0
+    for t in range(xs[0].shape[dim]):
+        out, h = step(*(x.select(dim, t) for x in xs), h)
+        outs.append(out)
+        if done is not None:
+            h = h * (~done.select(dim, t)).to(h.dtype)[..., None, None]
+    return torch.stack(outs, dim)
+
+
 class SetNet(nn.Module):
     """Deep Sets over the agent axis (Zaheer et al. 2017): the centralised critic's network.
 
@@ -195,18 +211,3 @@ class SetNet(nn.Module):
         if self.per_agent:
             parts = [e] + [p.expand(*e.shape[:-1], p.shape[-1]) for p in parts]
         return self.head(torch.cat(parts, dim=-1)), h
-
-
-NETWORKS: Registry[Callable[..., AgentNet]] = Registry("network")
-
-
-@NETWORKS.register("mlp")
-def mlp_net(in_dim: int, out_dim: int, groups: Sharing, **kw) -> AgentNet:
-    """Feed-forward AgentNet."""
-    return AgentNet(in_dim, out_dim, groups=groups, recurrent=False, **kw)
-
-
-@NETWORKS.register("gru")
-def gru_net(in_dim: int, out_dim: int, groups: Sharing, **kw) -> AgentNet:
-    """Recurrent AgentNet (fc -> GRU -> fc)."""
-    return AgentNet(in_dim, out_dim, groups=groups, recurrent=True, **kw)
