@@ -212,7 +212,7 @@ def test_an_agent_that_terminates_early_is_not_bootstrapped_while_the_other_goes
     b, t, i = early.nonzero().T
     obs_after = sample["obs"][b, t + 1, i]
     assert torch.equal(obs_after[:, :2], obs_after[:, 2:4])  # its final observation: standing on its goal
-    assert not sample["next_alive"][b, t, i].any()
+    assert not sample["next_acting"][b, t, i].any()
     torch.testing.assert_close(y[b, t, i], r[b, t, i])  # no bootstrap for the agent that terminated
     other = 1 - i
     assert alive[b, t + 1, other].all()
