@@ -348,10 +348,33 @@ class QLearner(nn.Module):
         self.act_gen.set_state(state["act_gen"])
         self.sample_gen.set_state(state["sample_gen"])
         self.env_steps, self.grad_steps = int(state["env_steps"]), int(state["grad_steps"])
-        if state["builder"] is not None:
-            self.builder = EpisodeBuilder(state["builder"]["num_envs"], STEP_KEYS)
-            self.builder.load_state_dict(state["builder"])
-        self.replay.load_state_dict(state["replay"])
+        builder, replay = state["builder"], state["replay"]
+        if "next_alive" in replay["fields"]:  # saved without an acting mask: parallel envs, where it is alive
+            builder, replay = _with_acting(builder), _with_acting(replay)
+        if builder is not None:
+            self.builder = EpisodeBuilder(builder["num_envs"], STEP_KEYS)
+            self.builder.load_state_dict(builder)
+        self.replay.load_state_dict(replay)
+
+
+def _with_acting(state: dict | None) -> dict | None:
+    """A replay or builder state saved with `next_alive` and no `acting`, with `acting` = `alive`
+    and `next_acting` = `next_alive` (the same masks in parallel envs)."""
+    if state is None:
+        return None
+
+    def fix(d: dict) -> dict:
+        d = {("next_acting" if k == "next_alive" else k): v for k, v in d.items()}
+        d["acting"] = d["alive"]
+        return d
+
+    out = dict(state)
+    for key in ("fields", "storage"):
+        if key in out:
+            out[key] = fix(out[key])
+    if "partial" in out:
+        out["partial"] = [None if p is None else fix(p) for p in out["partial"]]
+    return out
 
 
 def _entry(mixer: str, summary: str) -> AlgoEntry:

@@ -85,6 +85,7 @@ class Collector:
     def load_state_dict(self, state: dict) -> None:
         self.vec.set_state(state["envs"])
         self.last = {k: v.to(self.device) for k, v in state["last"].items()}
+        self.last.setdefault("acting", self.last["alive"])  # saved without an acting mask: parallel envs, where it is alive
         self.hidden = state["hidden"].to(self.device) if state["hidden"] is not None else None
 
 
