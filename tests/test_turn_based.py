@@ -258,6 +258,15 @@ def test_random_policy_picks_only_available_actions():
     assert counts.tolist() == [[1, 1, 1], [1, 1, 1]]
 
 
+@pytest.fixture
+def one_thread():
+    """One torch thread, as the trainer runs (TrainConfig.torch_threads); restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _self_play(algo: str, steps: int, **kw):
     """One learner controlling both players of tictactoe, trained by self-play."""
     torch.manual_seed(0)  # network initialisation
@@ -279,7 +288,7 @@ def _self_play(algo: str, steps: int, **kw):
     ("idqn", 80_000, {"epsilon_anneal_steps": 50_000, "epsilon_finish": 0.3, "buffer_size": 2000,
                        "updates_per_collect": 8, "lr": 1e-3}),
 ])
-def test_self_play_beats_a_random_player_from_both_seats(algo, steps, kw):
+def test_self_play_beats_a_random_player_from_both_seats(algo, steps, kw, one_thread):
     """Greedy play against a uniformly random masked player, 200 games per seat: win or draw in
     at least 90 % from either seat. The second seat learns to defend only when its own moves are
     credited with the opponent's replies (a transition runs to its next decision)."""
