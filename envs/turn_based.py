@@ -1,7 +1,9 @@
 """Turn-based (AEC) PettingZoo envs as a ParallelEnv: one parallel step = one move.
 
-- observations hold ONLY the agent to move next (its obs kept as is, e.g. the
-  {"observation", "action_mask"} dict of classic games); empty after the game ends;
+- observations hold the agent to move next (its obs kept as is, e.g. the
+  {"observation", "action_mask"} dict of classic games) and the final observation of every
+  agent whose game ended at this move (to bootstrap a truncated game from); the runner
+  marks as acting only the agents still in `agents`;
 - actions need only that agent's entry (others are ignored);
 - rewards hold every live agent's reward from that move (`env.rewards`), so the final
   move pays both the winner and the loser;
@@ -61,12 +63,13 @@ class TurnBasedParallel(ParallelEnv):
         terms = {a: bool(aec.terminations.get(a, False)) for a in before}
         truncs = {a: bool(aec.truncations.get(a, False)) for a in before}
         infos = {a: dict(aec.infos.get(a, {})) for a in before}
+        final = {a: aec.observe(a) for a in before if a in aec.agents and (terms[a] or truncs[a])}
         self._skip_done()
         self.agents = [a for a in aec.agents if not (aec.terminations[a] or aec.truncations[a])]
         for a in before:  # an agent that left without a flag (e.g. the game is over) ends now
             if a not in self.agents and not (terms[a] or truncs[a]):
                 terms[a] = True
-        return self._next_obs(), rewards, terms, truncs, infos
+        return {**final, **self._next_obs()}, rewards, terms, truncs, infos
 
     def state(self):
         return self.aec.state()

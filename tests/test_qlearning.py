@@ -12,7 +12,7 @@ from marl.algos import ALGOS
 from marl.algos.qlearning import QLearner, epsilon_at
 from marl.algos.targets import greedy_next_values
 from marl.algos.replay import EpisodeReplay
-from marl.checkpoint import load_checkpoint
+from marl.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from marl.cli import main
 from marl.config import TrainConfig
 from marl.core.errors import MarlError
@@ -232,7 +232,7 @@ def test_an_agent_that_terminates_early_is_not_bootstrapped_while_the_other_goes
     b, t, i = early.nonzero().T
     obs_after = sample["obs"][b, t + 1, i]
     assert torch.equal(obs_after[:, :2], obs_after[:, 2:4])  # its final observation: standing on its goal
-    assert not sample["next_alive"][b, t, i].any()
+    assert not sample["next_acting"][b, t, i].any()
     torch.testing.assert_close(y[b, t, i], r[b, t, i])  # no bootstrap for the agent that terminated
     other = 1 - i
     assert alive[b, t + 1, other].all()
@@ -260,6 +260,18 @@ def test_epsilon_schedule_follows_env_steps():
 
 
 # ----------------------------------------------------------------------------- exact resume
+def _without_acting(ckpt: dict) -> None:
+    """Rewrite a checkpoint in place to the layout saved before the acting mask: no `acting`,
+    and the replay's bootstrap mask named `next_alive`."""
+    def old(d: dict) -> dict:
+        return {("next_alive" if k == "next_acting" else k): v for k, v in d.items() if k != "acting"}
+
+    extra = ckpt["extra"]
+    extra["replay"]["fields"], extra["replay"]["storage"] = old(extra["replay"]["fields"]), old(extra["replay"]["storage"])
+    extra["builder"]["partial"] = [None if p is None else old(p) for p in extra["builder"]["partial"]]
+    del ckpt["collector"]["last"]["acting"]
+
+
 def test_qmix_interrupted_then_resumed_equals_uninterrupted(tmp_path):
     """rollout_len 7 with 10-step episodes: the checkpoint holds partial episodes, and the
     64-episode replay wraps around; both are part of the checkpoint."""
@@ -269,6 +281,8 @@ def test_qmix_interrupted_then_resumed_equals_uninterrupted(tmp_path):
     _run(tmp_path, "split", steps=252, **kw)  # 63 steps per env: each env is 3 steps into its 7th episode
     ckpt = load_checkpoint(tmp_path / "split")
     assert any(p is not None for p in ckpt["extra"]["builder"]["partial"]) and ckpt["extra"]["replay"]["size"] > 0
+    _without_acting(ckpt)  # a checkpoint saved before the acting mask existed resumes the same
+    save_checkpoint(latest_checkpoint(tmp_path / "split"), ckpt)
     train(TrainConfig(run_dir=str(tmp_path / "split"), resume=True, steps=756, **FAST))
 
     def metrics(name):

@@ -192,39 +192,31 @@ def test_replay_state_dict_round_trip():
 
 # ---------------------------------------------------------------- episode builder
 def _segment(t0: int, T: int, done_at: dict[int, list[int]]) -> dict:
-    """E=2 envs, N=1, obs = 100 * env + global step; final_obs = -(obs + 1) marks 'after a done step'."""
+    """E=2 envs, N=1, obs = 100 * env + global step."""
     t = torch.arange(t0, t0 + T, dtype=torch.float32)[:, None]
     obs = (100.0 * torch.arange(2)[None] + t)[..., None, None]  # [T, 2, 1, 1]
     done = torch.zeros(T, 2, dtype=torch.bool)
     for e, ts in done_at.items():
         done[ts, e] = True
-    return {"obs": obs, "reward": obs[..., 0] * 0 + 1, "done": done, "final_obs": -(obs + 1),
-            "next_obs": obs[-1] + 1}
+    return {"obs": obs, "reward": obs[..., 0] * 0 + 1, "done": done}
 
 
 def test_episode_builder_spans_segments_and_resumes():
     seg0 = _segment(0, 3, {1: [1]})  # env 1 ends at global step 1
     seg1 = _segment(3, 3, {0: [0], 1: [2]})  # env 0 ends at step 3, env 1 at step 5
-    rb = EpisodeReplay(8, 6, {"obs": ((1, 1), torch.float32), "next_obs": ((1, 1), torch.float32),
-                              "reward": ((1,), torch.float32)})
-    builder = EpisodeBuilder(2, ["obs", "reward"], {"obs": "final_obs"}, replay=rb)
+    builder = EpisodeBuilder(2, ["obs", "reward"])
     first = builder.add(seg0)
     assert [ep["obs"].flatten().tolist() for ep in first] == [[100.0, 101.0]]
-    assert first[0]["next_obs"].flatten().tolist() == [101.0, -102.0]
     saved = builder.state_dict()
     second = builder.add(seg1)
     assert [ep["obs"].flatten().tolist() for ep in second] == [[0.0, 1.0, 2.0, 3.0], [102.0, 103.0, 104.0, 105.0]]
-    assert second[0]["next_obs"].flatten().tolist() == [1.0, 2.0, 3.0, -4.0]  # step 2 -> next segment's obs
-    assert second[1]["next_obs"].flatten().tolist() == [103.0, 104.0, 105.0, -106.0]
-    assert len(rb) == 3
-    resumed = EpisodeBuilder(2, ["obs", "reward"], {"obs": "final_obs"})
+    assert sorted(second[0]) == ["obs", "reward"]
+    resumed = EpisodeBuilder(2, ["obs", "reward"])
     resumed.load_state_dict(saved)
     again = resumed.add(seg1)
     assert all(torch.equal(x[k], y[k]) for x, y in zip(second, again) for k in x)
     # env 0's episode that started at step 4 is still open
     assert builder.state_dict()["partial"][0]["obs"].flatten().tolist() == [4.0, 5.0]
-    with pytest.raises(MarlError):
-        EpisodeBuilder(2, ["obs"], max_len=2).add(_segment(0, 3, {}))
 
 
 # ---------------------------------------------------------------- QTRAN

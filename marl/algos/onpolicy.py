@@ -13,7 +13,7 @@ import torch
 
 from marl.algos.optim import adam, clip_grad_norm, flatten
 from marl.algos.registry import ALGOS, AlgoEntry
-from marl.algos.returns import RunningNorm, gae, normalize, per_agent_rewards, preserve_outputs
+from marl.algos.returns import RunningNorm, gae, normalize, own_gae, per_agent_rewards, preserve_outputs
 from marl.core.errors import check
 from marl.core.rollout import reset_hidden
 from marl.core.spec import EnvSpec
@@ -241,15 +241,35 @@ class OnPolicyLearner(torch.nn.Module):
             values = v[:T * E].view(T, E, -1)
         last, final = v[-(T + 1) * E:].split([E, T * E])
         nxt = torch.cat([values[1:], last.unsqueeze(0)])
-        return values, torch.where(b["terminated"] | b["truncated"], final.view(T, E, -1), nxt)
+        ended = b["done"].unsqueeze(-1) if self.cfg.team_value else b["terminated"] | b["truncated"]
+        return values, torch.where(ended, final.view(T, E, -1), nxt)
+
+    def _advantages(self, b: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(values, advantages, returns, mask), [T, E, N]: mask marks the rows the losses and
+        statistics use (decisions whose return is known).
+
+        A team value (`team_value`) has one return per env step: it bootstraps until the env's
+        episode ends (terminated unless an agent was truncated at its last step), whichever
+        agents ended before, as the team value-based learners do. Otherwise each agent's return
+        runs over its own decisions (marl.algos.returns: in turn-based games the rewards between
+        two of its moves belong to the first, γ once per own decision) and ends at its own end;
+        a decision whose next one lies past the rollout has no return yet and is left out."""
+        cfg = self.cfg
+        values, next_values = self._rollout_values(b)
+        rewards = per_agent_rewards(b["reward"], cfg.reward)
+        if cfg.team_value:
+            done = b["done"].unsqueeze(-1).expand_as(rewards)
+            term = done & ~b["truncated"].any(-1, keepdim=True)
+            adv, returns = gae(rewards, values, next_values, term, done, cfg.gamma, cfg.gae_lambda)
+            return values, adv, returns, b["acting"]
+        ended = b["terminated"] | b["truncated"] | b["done"].unsqueeze(-1)
+        adv, returns, mask = own_gae(rewards, values, next_values, b["terminated"], ended, b["acting"], b["next_acting"],
+                                     cfg.gamma, cfg.gae_lambda)
+        return values, adv, returns, mask
 
     def update(self, b: dict) -> dict[str, float]:
         cfg = self.cfg
-        ended = b["terminated"] | b["truncated"] | b["done"].unsqueeze(-1)
-        values, next_values = self._rollout_values(b)
-        rewards = per_agent_rewards(b["reward"], cfg.reward)
-        adv, returns = gae(rewards, values, next_values, b["terminated"], ended, cfg.gamma, cfg.gae_lambda)
-        mask = b["alive"]
+        values, adv, returns, mask = self._advantages(b)
         if cfg.value_norm:
             old_v = self.value_norm.normalize(values)  # the critic's own outputs: the value clip's centre
             old = (self.value_norm.mean.clone(), self.value_norm.std) if cfg.popart else None
@@ -286,7 +306,7 @@ class OnPolicyLearner(torch.nn.Module):
         logp, ent, values = self._evaluate(mb, h0)
         w, a, ret, ov = mb["weight"], mb["adv"], mb["target"], mb["old_v"]
         denom = w.sum().clamp_min(1.0)
-        mean = lambda x: (x * w).sum() / denom  # noqa: E731  (over alive agents)
+        mean = lambda x: (x * w).sum() / denom  # noqa: E731  (over the decisions with a return)
         log_ratio = logp - mb["old_logp"]
         ratio = log_ratio.exp()
         if cfg.clip > 0:

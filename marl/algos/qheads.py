@@ -1,5 +1,6 @@
 """Value heads of the Q-learner: `HEADS[mixer](cfg, spec, feat_dim)` turns the agents'
-utilities into a loss, `head.loss(target_head, context, targets_fn)`.
+utilities into a loss, `head.loss(target_head, context, targets_fn)`,
+`targets_fn(context, next_values)` giving the return targets.
 
 `MixerHead` (mixer none|vdn|qmix): per-agent TD for IDQN, or TD on the mixed Q_tot of a
 registered mixer (`marl.algos.mixers`).
@@ -38,13 +39,13 @@ class MixerHead(nn.Module):
         self.per_agent = self.mixer.per_agent
 
     def loss(self, target: "MixerHead", c: dict, targets_fn) -> dict[str, Tensor]:
-        alive = c["alive"].to(c["q_taken"].dtype)
+        acting = c["acting"].to(c["q_taken"].dtype)
         needs = self.mixer.needs_state
-        q = self.mixer(c["q_taken"] * alive, c["state"][:, :-1] if needs else None)
+        q = self.mixer(c["q_taken"] * acting, c["state"][:, :-1] if needs else None)
         with torch.no_grad():
             nxt = target.mixer(c["next_q"], c["state"][:, 1:] if needs else None)
-            y = targets_fn(c["reward"], nxt, c["terminated"], c["filled"])
-        mask = c["filled"] * alive if self.per_agent else c["filled"]
+            y = targets_fn(c, nxt)
+        mask = c["filled"] * acting if self.per_agent else c["filled"]
         td = masked_mean((q - y) ** 2, mask)
         return {"loss": td, "td": td, "q": q, "target": y, "mask": mask}
 
@@ -68,19 +69,19 @@ class QTranHead(nn.Module):
 
     def loss(self, target: "QTranHead", c: dict, targets_fn) -> dict[str, Tensor]:
         A, B = self.n_actions, c["q_taken"].shape[0]
-        feats, state, alive = c["feats"][:, :-1], c["state"][:, :-1], c["alive"].to(c["q_taken"].dtype)
+        feats, state, acting = c["feats"][:, :-1], c["state"][:, :-1], c["acting"].to(c["q_taken"].dtype)
         # Q_jt at the taken and at the greedy joint action, in one pass
         both = self.joint(torch.cat([state, state]), torch.cat([feats, feats]),
                           torch.cat([_one_hot(c["actions"], A, feats.dtype), _one_hot(c["greedy"], A, feats.dtype)]))
         q_jt, q_jt_opt = both.split(B)
         with torch.no_grad():
             next_jt = target.joint(c["state"][:, 1:], c["feats"][:, 1:], _one_hot(c["next_actions"], A, feats.dtype))
-            y = targets_fn(c["reward"], next_jt, c["terminated"], c["filled"])
+            y = targets_fn(c, next_jt)
         parts = qtran_losses(
             q_jt=q_jt, q_jt_target=y,
-            q_tilde_opt=(c["q_greedy"] * alive).sum(-1), q_jt_opt_detached=q_jt_opt.detach(),
+            q_tilde_opt=(c["q_greedy"] * acting).sum(-1), q_jt_opt_detached=q_jt_opt.detach(),
             v_jt=self.v(state),
-            q_tilde_taken=(c["q_taken"] * alive).sum(-1), q_jt_taken_detached=q_jt.detach(),
+            q_tilde_taken=(c["q_taken"] * acting).sum(-1), q_jt_taken_detached=q_jt.detach(),
             filled=c["filled"], lambda_opt=self.lambda_opt, lambda_nopt=self.lambda_nopt,
         )
         return {"loss": parts["loss"], "td": parts["td"], "opt": parts["opt"], "nopt": parts["nopt"],

@@ -12,12 +12,14 @@ episodes, the epsilon counter and the generators are part of the checkpoint (ext
 Episode layout in the replay (L + 1 rows for L steps): `marl.algos.replay`.
 
 Targets (one step of the math, top to bottom in `_loss`):
-    Q_i(o_t, u_t)                       chosen utilities (zero for agents not alive)
+    Q_i(o_t, u_t)                       chosen utilities (zero for agents not acting)
     u'_i = argmax_{avail} Q_i(o_{t+1})  online net with double Q, else target net
-    Q'_i = Q_i^target(o_{t+1}, u'_i)    zero for agents not alive after the step
+    Q'_i = Q_i^target(o_{t+1}, u'_i)    zero for agents not acting after the step (truncated: kept)
     mixer: Q_tot = mix(Q_i, s_t), Q'_tot = mix^target(Q'_i, s_{t+1})   (none: per agent)
-    y = n-step or TD(lambda) return over the episode, no bootstrap after termination
-    loss = mean over real steps (and alive agents for independent learners) of (Q - y)^2
+    y = n-step or TD(lambda) return over the episode, no bootstrap after termination;
+        independent learners over their own decisions (turn-based games: the rewards until
+        the agent's next move belong to its move, n counts own decisions, marl.algos.returns)
+    loss = mean over real steps (and acting agents for independent learners) of (Q - y)^2
 """
 from __future__ import annotations
 
@@ -32,8 +34,8 @@ from marl.algos.optim import OPTIMISERS, clip_grad_norm, flatten
 from marl.algos.qheads import HEADS
 from marl.algos.registry import ALGOS, AlgoEntry
 from marl.algos.replay import STEP_KEYS, EpisodeBuilder, EpisodeReplay, episode_rows, segment_steps
-from marl.algos.returns import RunningNorm, masked_mean, per_agent_rewards, rewards_differ, scalar_team_reward
-from marl.algos.targets import greedy_next_values, masked_argmax, nstep_targets, td_lambda_targets
+from marl.algos.returns import RunningNorm, decisions, masked_mean, per_agent_rewards, rewards_differ, scalar_team_reward
+from marl.algos.targets import greedy_next_values, masked_argmax, nstep_targets, own_decision_targets, td_lambda_targets
 from marl.core.errors import MarlError, check
 from marl.core.spec import EnvSpec
 from marl.nets.dists import categorical_sample, mask_logits
@@ -187,8 +189,9 @@ class QLearner(nn.Module):
         self.env_steps = self.grad_steps = 0
         n, d, a, s = spec.n_agents, spec.obs_dim, spec.n_actions, spec.state_dim
         fields = {"obs": ((n, d), torch.float32), "state": ((s,), torch.float32), "avail": ((n, a), torch.bool),
-                  "alive": ((n,), torch.bool), "actions": ((n,), torch.long), "reward": ((n,), torch.float32),
-                  "terminated": ((n,), torch.bool), "truncated": ((n,), torch.bool), "next_alive": ((n,), torch.bool)}
+                  "alive": ((n,), torch.bool), "acting": ((n,), torch.bool), "actions": ((n,), torch.long),
+                  "reward": ((n,), torch.float32), "terminated": ((n,), torch.bool), "truncated": ((n,), torch.bool),
+                  "next_acting": ((n,), torch.bool)}
         self.replay = EpisodeReplay(cfg.buffer_size, None, fields, device=cfg.replay_device or device, batch_size=cfg.batch_size)
         self.builder: EpisodeBuilder | None = None  # built at the first segment (its number of envs)
 
@@ -243,11 +246,17 @@ class QLearner(nn.Module):
         """Utilities [B, R, N, A] for inputs [B, R, N, F]; a GRU runs over the R rows from zeros."""
         return unroll(net, (x,), net.initial_hidden(x.shape[:1]) if self.cfg.recurrent else None, dim=1)
 
-    def _targets(self, reward: Tensor, next_values: Tensor, terminated: Tensor, filled: Tensor) -> Tensor:
+    def _targets(self, c: dict, next_values: Tensor) -> Tensor:
+        """Return targets [B, T, ...] of the context `c` (see `_context`) bootstrapping from
+        `next_values`: over each agent's own decisions where `c` holds them (independent learners)."""
         cfg = self.cfg
         if cfg.returns == "td_lambda":
-            return td_lambda_targets(reward, next_values, terminated, filled, cfg.gamma, cfg.td_lambda)
-        return nstep_targets(reward, next_values, terminated, filled, cfg.gamma, cfg.n_step)
+            fn = lambda *a: td_lambda_targets(*a, cfg.gamma, cfg.td_lambda)  # noqa: E731
+        else:
+            fn = lambda *a: nstep_targets(*a, cfg.gamma, cfg.n_step)  # noqa: E731
+        if "decisions" in c:
+            return own_decision_targets(c["decisions"], c["reward"], next_values, c["terminated"], fn)
+        return fn(c["reward"], next_values, c["terminated"], c["filled"])
 
     def _context(self, s: dict) -> dict[str, Tensor]:
         """Everything a value head needs from a sampled batch of episodes (rows [B, R], steps T = R - 1)."""
@@ -256,13 +265,13 @@ class QLearner(nn.Module):
         q = self._unroll(self.net, x)
         with torch.no_grad():
             tq = self._unroll(self.target_net, x)
-        avail, alive, actions = s["avail"], s["alive"][:, :-1], s["actions"][:, :-1]
+        avail, acting, actions = s["avail"], s["acting"][:, :-1], s["actions"][:, :-1]
         filled = s["filled"][:, 1:]  # step t is real when row t + 1 is filled
         q_now = q[:, :-1]
         greedy = masked_argmax(q_now.detach(), avail[:, :-1])
         next_actions, next_q = greedy_next_values(q[:, 1:].detach(), tq[:, 1:], avail[:, 1:], cfg.double_q)
-        c = {"feats": x, "state": s["state"], "alive": alive, "actions": actions, "greedy": greedy,
-             "next_actions": next_actions, "next_q": next_q * s["next_alive"][:, :-1].to(next_q.dtype),
+        c = {"feats": x, "state": s["state"], "acting": acting, "actions": actions, "greedy": greedy,
+             "next_actions": next_actions, "next_q": next_q * s["next_acting"][:, :-1].to(next_q.dtype),
              "q_taken": q_now.gather(-1, actions.unsqueeze(-1)).squeeze(-1),
              "q_greedy": q_now.gather(-1, greedy.unsqueeze(-1)).squeeze(-1)}
         reward, term, trunc = s["reward"][:, :-1], s["terminated"][:, :-1], s["truncated"][:, :-1]
@@ -272,11 +281,13 @@ class QLearner(nn.Module):
             c["filled"] = filled.unsqueeze(-1) * (~before).to(filled.dtype)
             c["terminated"] = term
             c["reward"] = per_agent_rewards(reward, cfg.reward)
+            last = filled.bool() & ~torch.cat([filled[:, 1:], torch.zeros_like(filled[:, :1])], dim=1).bool()
+            c["decisions"] = decisions(acting, ended | last.unsqueeze(-1), dim=1)
         else:  # one team episode: it terminates at its last step unless an agent was truncated there
             last = filled - torch.cat([filled[:, 1:], torch.zeros_like(filled[:, :1])], dim=1)
             c["filled"] = filled
             c["terminated"] = last * (~trunc.any(-1)).to(filled.dtype)
-            c["reward"] = scalar_team_reward(reward, alive, cfg.reward)
+            c["reward"] = scalar_team_reward(reward, s["alive"][:, :-1], cfg.reward)
         if cfg.standardise_rewards:
             real = c["filled"] > 0
             self.reward_norm.update(c["reward"][real])
@@ -325,10 +336,33 @@ class QLearner(nn.Module):
         self.act_gen.set_state(state["act_gen"])
         self.sample_gen.set_state(state["sample_gen"])
         self.env_steps, self.grad_steps = int(state["env_steps"]), int(state["grad_steps"])
-        if state["builder"] is not None:
-            self.builder = EpisodeBuilder(state["builder"]["num_envs"], STEP_KEYS)
-            self.builder.load_state_dict(state["builder"])
-        self.replay.load_state_dict(state["replay"])
+        builder, replay = state["builder"], state["replay"]
+        if "next_alive" in replay["fields"]:  # saved without an acting mask: parallel envs, where it is alive
+            builder, replay = _with_acting(builder), _with_acting(replay)
+        if builder is not None:
+            self.builder = EpisodeBuilder(builder["num_envs"], STEP_KEYS)
+            self.builder.load_state_dict(builder)
+        self.replay.load_state_dict(replay)
+
+
+def _with_acting(state: dict | None) -> dict | None:
+    """A replay or builder state saved with `next_alive` and no `acting`, with `acting` = `alive`
+    and `next_acting` = `next_alive` (the same masks in parallel envs)."""
+    if state is None:
+        return None
+
+    def fix(d: dict) -> dict:
+        d = {("next_acting" if k == "next_alive" else k): v for k, v in d.items()}
+        d["acting"] = d["alive"]
+        return d
+
+    out = dict(state)
+    for key in ("fields", "storage"):
+        if key in out:
+            out[key] = fix(out[key])
+    if "partial" in out:
+        out["partial"] = [None if p is None else fix(p) for p in out["partial"]]
+    return out
 
 
 def _entry(mixer: str, summary: str) -> AlgoEntry:

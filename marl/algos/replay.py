@@ -3,11 +3,11 @@
 `EpisodeReplay` keeps whole episodes padded to `max_len` with a `filled` mask in a ring
 buffer on one device. `EpisodeBuilder` cuts rollout segments ([T, E, ...] tensors with a
 `done[T, E]` flag, see ARCHITECTURE.md "Rollout batch") into completed episodes, keeping
-partial episodes across calls, and hands them to a replay.
+partial episodes across calls.
 
 Episode layout in the replay: an episode of L steps is stored as L + 1 rows. Rows 0..L-1
 hold the observation, state and action mask the agents acted on plus that step's actions,
-rewards, flags and alive masks; row L holds the observation after the last step (the final
+rewards, flags and alive / acting masks; row L holds the observation after the last step (the final
 observation, state and action mask, used to bootstrap a truncation). Where one agent's
 episode ends before the env's (per-agent termination), the row after its end holds that
 agent's final observation, so row t + 1 is always "the observation after step t" for every
@@ -24,8 +24,8 @@ from torch import Tensor
 from marl.core.errors import MarlError
 
 FILLED = "filled"
-STEP_KEYS = ("obs", "state", "avail", "alive", "actions", "reward", "terminated", "truncated",
-             "next_obs", "next_state", "next_avail", "next_alive")
+STEP_KEYS = ("obs", "state", "avail", "alive", "acting", "actions", "reward", "terminated", "truncated",
+             "next_obs", "next_state", "next_avail", "next_acting")
 """Per-step fields the episode builder keeps (see `segment_steps`)."""
 
 
@@ -153,46 +153,23 @@ class EpisodeBuilder:
     """Cuts rollout segments into completed episodes.
 
     A segment is a dict of tensors with leading [T, E] axes plus `done[T, E]` (the env's
-    episode ended at step t). `keys` are the per-step fields copied into episodes. For each
-    name in `next_keys` (name -> key of its value after a done step, e.g.
-    {"obs": "final_obs", "state": "final_state"}) the episode also gets `next_<name>`: the
-    value after each step, i.e. `name[t+1]` inside the episode, the segment's `next_<name>`
-    [E, ...] after its last step, and `<final key>[t]` where the episode ended at t.
+    episode ended at step t). `keys` are the per-step fields copied into episodes.
     Episodes may span several consecutive segments; partial ones are kept between calls.
     Completed episodes (dicts of [L, ...] tensors) are returned by `add` in order of their
-    last step (then env index) and, when a replay is given, added to it.
+    last step (then env index).
     """
 
-    def __init__(self, num_envs: int, keys: Iterable[str], next_keys: Mapping[str, str] | None = None,
-                 replay: EpisodeReplay | None = None, max_len: int | None = None):
+    def __init__(self, num_envs: int, keys: Iterable[str]):
         self.num_envs = int(num_envs)
         self.keys = list(keys)
-        self.next_keys = dict(next_keys or {})
-        self.replay = replay
-        self.max_len = max_len if max_len is not None else (replay.max_len if replay is not None and not replay.growable else None)
         self.partial: list[list[dict[str, Tensor]]] = [[] for _ in range(self.num_envs)]
 
-    def _per_step(self, segment: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        """The fields to store for every step of the segment, [T, E, ...]."""
-        done = segment["done"].bool()
-        out = {k: segment[k] for k in self.keys}
-        for name, final_key in self.next_keys.items():
-            x = segment[name]
-            nxt = torch.cat([x[1:], segment[f"next_{name}"].unsqueeze(0).to(x)], dim=0)
-            mask = done.view(*done.shape, *([1] * (x.dim() - 2)))
-            out[f"next_{name}"] = torch.where(mask, segment[final_key].to(x), nxt)
-        return out
-
-    def _length(self, e: int) -> int:
-        chunks = self.partial[e]
-        return sum(int(next(iter(c.values())).shape[0]) for c in chunks) if chunks else 0
-
     def add(self, segment: Mapping[str, Tensor]) -> list[dict[str, Tensor]]:
-        """Take one rollout segment; return (and store in the replay) the episodes it completed."""
+        """Take one rollout segment; return the episodes it completed."""
         done = segment["done"].bool()
         if done.dim() != 2 or done.shape[1] != self.num_envs:
             raise ValueError(f"done must be [T, E={self.num_envs}], got {tuple(done.shape)}")
-        steps = self._per_step(segment)
+        steps = {k: segment[k] for k in self.keys}
         T = done.shape[0]
         ends: list[tuple[int, int]] = [(int(t), int(e)) for t, e in done.nonzero().tolist()]
         ends.sort()
@@ -201,23 +178,12 @@ class EpisodeBuilder:
         for t, e in ends:
             self.partial[e].append({k: v[starts[e]: t + 1, e] for k, v in steps.items()})
             starts[e] = t + 1
-            episode = {k: torch.cat([c[k] for c in self.partial[e]], dim=0) for k in steps}
+            finished.append({k: torch.cat([c[k] for c in self.partial[e]], dim=0) for k in steps})
             self.partial[e] = []
-            self._check_len(episode[next(iter(episode))].shape[0])
-            finished.append(episode)
         for e in range(self.num_envs):
             if starts[e] < T:
                 self.partial[e].append({k: v[starts[e]:, e].clone() for k, v in steps.items()})
-                self._check_len(self._length(e))
-        if self.replay is not None:
-            for episode in finished:
-                self.replay.add(episode)
         return finished
-
-    def _check_len(self, length: int) -> None:
-        if self.max_len is not None and length > self.max_len:
-            raise MarlError(f"an episode ran {length} steps, past max_len={self.max_len}",
-                            "give the env a time limit no longer than the replay's max_len")
 
     def state_dict(self) -> dict:
         """The partial episodes, one dict of [L, ...] tensors (or None) per env."""
@@ -237,9 +203,10 @@ class EpisodeBuilder:
 
 def segment_steps(b: dict) -> dict[str, Tensor]:
     """Per-step fields of a rollout segment ([T, E, ...]) for the episode builder, with
-    `next_obs / next_avail / next_state / next_alive`: the value after each step, the final
-    observation (and its mask) where an agent's or the env's episode ended. `next_alive` is
-    True for agents whose value after the step is bootstrapped: alive on, or truncated."""
+    `next_obs / next_avail / next_state / next_acting`: the value after each step, the final
+    observation (and its mask) where an agent's or the env's episode ended. `next_acting` is
+    True for agents whose value after the step is bootstrapped: deciding at the next step, or
+    truncated."""
     done = b["done"]
     ended = b["terminated"] | b["truncated"]
     cut = ended | done.unsqueeze(-1)
@@ -247,11 +214,11 @@ def segment_steps(b: dict) -> dict[str, Tensor]:
     def after(name: str) -> Tensor:  # value at t + 1 inside the segment, the segment's next_<name> after it
         return torch.cat([b[name][1:], b[f"next_{name}"].unsqueeze(0)])
 
-    out = {k: b[k] for k in ("obs", "state", "avail", "alive", "actions", "reward", "terminated", "truncated")}
+    out = {k: b[k] for k in ("obs", "state", "avail", "alive", "acting", "actions", "reward", "terminated", "truncated")}
     out["next_obs"] = torch.where(cut.unsqueeze(-1), b["final_obs"], after("obs"))
     out["next_avail"] = torch.where(cut.unsqueeze(-1), b["final_avail"], after("avail"))
     out["next_state"] = torch.where(done.unsqueeze(-1), b["final_state"], after("state"))
-    out["next_alive"] = torch.where(cut, b["truncated"], after("alive"))
+    out["next_acting"] = torch.where(cut, b["truncated"], after("acting"))
     out["done"] = done
     return out
 
@@ -259,7 +226,7 @@ def segment_steps(b: dict) -> dict[str, Tensor]:
 def episode_rows(ep: dict[str, Tensor]) -> dict[str, Tensor]:
     """An episode of L steps (from the builder) as the L + 1 replay rows (see the module docstring)."""
     rows = {k: torch.cat([ep[k][:1], ep[f"next_{k}"]]) for k in ("obs", "state", "avail")}
-    for k in ("alive", "actions", "reward", "terminated", "truncated", "next_alive"):
+    for k in ("alive", "acting", "actions", "reward", "terminated", "truncated", "next_acting"):
         x = ep[k]
         rows[k] = torch.cat([x, x.new_zeros((1, *x.shape[1:]))])
     return rows

@@ -1,7 +1,23 @@
-"""Return and advantage math as pure functions over tensors with a leading time axis."""
+"""Return and advantage math as pure functions over tensors with a leading time axis.
+
+Turn-based games: an agent's transition runs from one of its decisions to its next one
+(PettingZoo's AEC view: `env.last()` hands an agent everything it received since its last
+turn). `Decisions` maps a step sequence to the sequence of one agent's own decisions: the
+rewards of every step of a transition (the opponent's moves included) are summed into that
+transition's reward, it bootstraps from the value at the agent's next decision (or from its
+final observation when its episode was truncated, or not at all when it terminated), and the
+discount γ applies once per own decision, as a single-agent wrapper of the game (the opponent
+part of the env) would give. The return math (`gae` here, the n-step and TD(λ) targets in
+`marl.algos.targets`) then runs on the decision sequence. Where every agent acts at every
+step (parallel envs) the decision sequence is the step sequence and the numbers are those of
+the step sequence, bit for bit.
+"""
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
+from torch import Tensor
 
 
 def gae(
@@ -13,13 +29,19 @@ def gae(
     gamma: float,
     lam: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Generalised advantage estimation over [T, ...] tensors.
+    """Generalised advantage estimation over [T, ...] tensors; the one λ-return of the
+    package (the TD(λ) targets of value-based learners are `returns` with the baseline of step
+    t + 1 equal to the bootstrap value of step t, `marl.algos.targets.td_lambda_targets`).
 
     next_values[t] is the value of the observation after step t (the final observation when
     the episode ended at t). terminated[t] stops bootstrapping (a time-limit truncation
-    does not); ended[t] (terminated or truncated or env reset) cuts the λ-trace so that
-    the next episode never leaks into this one.
+    does not); ended[t] (terminated or truncated or env reset, or the next step's return is
+    unknown) cuts the λ-trace so that the next episode never leaks into this one.
         δ_t = r_t + γ (1 - term_t) V'_t - V_t,   A_t = δ_t + γ λ (1 - ended_t) A_{t+1}
+    so returns_t = A_t + V_t = r_t + γ (1 - term_t) V'_t + γ λ (1 - ended_t) (returns_{t+1} - V_{t+1}).
+    Per-step trace cuts (e.g. Watkins' Q(λ)) are one more factor on (1 - ended_t).
+    The time axis is one step per decision: a turn-based game's steps go through `Decisions`
+    first (γ per own decision, see the module docstring).
     Returns (advantages, returns = advantages + values).
     """
     not_term = 1.0 - terminated.to(values.dtype)
@@ -31,6 +53,94 @@ def gae(
         last = deltas[t] + gamma * lam * carry[t] * last
         adv[t] = last
     return adv, adv + values
+
+
+class Decisions(NamedTuple):
+    """Index map between the steps of a sequence (axis `dim`) and one agent's own decisions
+    along the same axis (built by `decisions`; trailing and leading axes are independent
+    columns). Decision k of a column sits at position k of the decision axis; positions past
+    the column's last decision hold zeros.
+
+    index:  [.., T, ..] long, the decision whose transition step t belongs to (0 where none)
+    owned:  step t belongs to a transition (from a decision up to the next one or the end of
+            the agent's episode; steps after an end and before the next decision belong to none)
+    close:  step t is the last step of its transition
+    acting: step t is a decision
+    valid:  decision space: decision k exists and its transition is complete (it ended, or
+            the agent's next decision is known: within the data or `next_acting`)
+    cut:    decision space: the λ-trace stops after decision k (its episode ended there, or the
+            return of decision k + 1 is unknown)
+    """
+
+    index: Tensor
+    owned: Tensor
+    close: Tensor
+    acting: Tensor
+    valid: Tensor
+    cut: Tensor
+    dim: int
+
+    def _scatter(self, x: Tensor, where: Tensor) -> Tensor:
+        """Decision space: x summed over the steps in `where` of each decision."""
+        x = torch.where(where, x, torch.zeros((), dtype=x.dtype, device=x.device))
+        return torch.zeros_like(x).scatter_add_(self.dim, self.index, x)
+
+    def sum(self, x: Tensor) -> Tensor:
+        """Per-decision sum of x over the steps of its transition (rewards)."""
+        return self._scatter(x, self.owned)
+
+    def at_close(self, x: Tensor) -> Tensor:
+        """x at the last step of each transition (bootstrap values, termination flags)."""
+        if x.dtype == torch.bool:
+            return self._scatter(x.to(torch.uint8), self.close).bool()
+        return self._scatter(x, self.close)
+
+    def at_decision(self, x: Tensor) -> Tensor:
+        """x at each decision step (the values of the states the agent decided in)."""
+        return self._scatter(x, self.acting)
+
+    def to_steps(self, y: Tensor) -> Tensor:
+        """Decision space back to steps: y_k at the step of decision k, 0 elsewhere."""
+        out = y.gather(self.dim, self.index)
+        return torch.where(self.acting, out, torch.zeros((), dtype=y.dtype, device=y.device))
+
+
+def decisions(acting: Tensor, ended: Tensor, next_acting: Tensor | None = None, dim: int = 0) -> Decisions:
+    """The `Decisions` of step sequences: acting/ended bool [.., T, ..] along `dim` (the agent
+    decides at step t / its episode ends at step t, by termination, truncation or env reset,
+    or the data of its episode ends there); next_acting [.., ..] (without the time axis): the
+    agent decides at the step after the data (a rollout's next observation), None when the
+    data ends with every episode."""
+    T = acting.shape[dim]
+    dec = acting.long().cumsum(dim) - 1  # decision index of the latest decision at or before t
+    e = ended.long()
+    ends_before = e.cumsum(dim) - e
+    # ends before the latest decision (ends_before never decreases, so a running max over the decision steps finds it)
+    at_dec = torch.where(acting, ends_before, torch.full_like(ends_before, -1)).cummax(dim).values
+    owned = (dec >= 0) & (ends_before == at_dec)
+    after = acting.new_zeros(acting.shape) if next_acting is None else next_acting.unsqueeze(dim).expand_as(acting)
+    acting_next = torch.cat([acting.narrow(dim, 1, T - 1), after.narrow(dim, T - 1, 1)], dim)
+    last = torch.zeros_like(acting)
+    last.narrow(dim, T - 1, 1).fill_(True)
+    close = owned & (ended | acting_next | last)
+    view = Decisions(dec.clamp_min(0), owned, close, acting, acting, acting, dim)
+    valid = view.at_close(close & (ended | acting_next))
+    valid_next = torch.cat([valid.narrow(dim, 1, T - 1), torch.zeros_like(valid.narrow(dim, 0, 1))], dim)
+    return view._replace(valid=valid, cut=view.at_close(ended) | ~valid_next)
+
+
+def own_gae(rewards: Tensor, values: Tensor, next_values: Tensor, terminated: Tensor, ended: Tensor,
+            acting: Tensor, next_acting: Tensor, gamma: float, lam: float) -> tuple[Tensor, Tensor, Tensor]:
+    """`gae` over each agent's own decisions of [T, ...] step tensors (module docstring):
+    acting[t] the agent decides at step t, next_acting the same after the last step; values[t]
+    is read at decision steps, next_values[t] where a transition closes (the value at the
+    agent's next decision, or of its final observation). Returns (advantages, returns, valid)
+    at the decision steps (0 elsewhere); valid marks decisions whose transition is complete
+    (a decision whose next one lies past the data has no return yet)."""
+    view = decisions(acting, ended, next_acting)
+    adv, ret = gae(view.sum(rewards), view.at_decision(values), view.at_close(next_values),
+                   view.at_close(terminated), view.cut, gamma, lam)
+    return view.to_steps(adv), view.to_steps(ret), view.to_steps(view.valid)
 
 
 def per_agent_rewards(rewards: torch.Tensor, mode: str) -> torch.Tensor:

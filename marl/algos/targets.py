@@ -24,6 +24,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from marl.algos.returns import Decisions, gae
 from marl.nets.dists import mask_logits
 
 
@@ -88,18 +89,27 @@ def td_lambda_targets(rewards: Tensor, next_values: Tensor, terminated: Tensor, 
     lam=0 gives the one-step target; lam=1 gives the Monte-Carlo return (plus the
     discounted final value for a truncated episode). Returns a tensor shaped like
     `rewards`, zero on padded steps.
+
+    Computed by `marl.algos.returns.gae` (the package's one λ-return): with the baseline of
+    step t + 1 equal to the bootstrap value V_t of step t, GAE's returns are these G_t.
     """
     not_term, mask = _prepare(rewards, next_values, terminated, filled)
-    T = rewards.shape[1]
-    out = torch.zeros_like(rewards)
-    g_next = torch.zeros_like(rewards[:, 0])
-    for t in reversed(range(T)):
-        cont = mask[:, t + 1] if t + 1 < T else torch.zeros_like(g_next)
-        blend = (1.0 - lam * cont) * next_values[:, t] + lam * cont * g_next
-        g = mask[:, t] * (rewards[:, t] + gamma * not_term[:, t] * blend)
-        out[:, t] = g
-        g_next = g
-    return out
+    goes_on = torch.cat([mask[:, 1:], torch.zeros_like(mask[:, :1])], dim=1)
+    baseline = torch.cat([torch.zeros_like(next_values[:, :1]), next_values[:, :-1]], dim=1)
+    time_first = lambda x: x.transpose(0, 1)  # noqa: E731
+    _, g = gae(time_first(rewards * mask), time_first(baseline), time_first(next_values), time_first(1.0 - not_term),
+               time_first(1.0 - goes_on), gamma, lam)
+    return time_first(g) * mask
+
+
+def own_decision_targets(view: Decisions, rewards: Tensor, next_values: Tensor, terminated: Tensor, target_fn) -> Tensor:
+    """Targets of each agent's own decisions (marl.algos.returns, module docstring), [B, T, ...]
+    steps as above with `view = decisions(acting, ended, dim=1)`: the rewards of a transition
+    summed, the bootstrap value and termination read where it closes, and
+    `target_fn(rewards, next_values, terminated, filled)` (n-step: n counts own decisions;
+    TD(λ)) run on the decision sequence. Returns the targets at the decision steps, 0 elsewhere."""
+    y = target_fn(view.sum(rewards), view.at_close(next_values), view.at_close(terminated), view.valid)
+    return view.to_steps(y)
 
 
 def masked_argmax(q: Tensor, avail: Tensor) -> Tensor:

@@ -1,7 +1,7 @@
 """Collect rollouts from a VecEnv with a policy into tensors with leading [T, E] axes.
 
 A policy has `initial_hidden(E)` and `act(inputs, hidden, explore) -> (actions, hidden, extras)`
-where `inputs` holds `obs, state, avail, alive` tensors on the policy's device. One
+where `inputs` holds `obs, state, avail, alive, acting` tensors on the policy's device. One
 host->device copy of the observation and one device->host copy of the actions per step.
 """
 from __future__ import annotations
@@ -28,7 +28,10 @@ def to_tensors(arrays: dict[str, np.ndarray], device: torch.device, keys=OBS_FIE
 
 
 def reset_hidden(hidden: Any, done: torch.Tensor) -> Any:
-    """Zero the recurrent state of envs whose episode just ended (hidden [E, ...], done [E])."""
+    """Zero the recurrent state of envs whose episode just ended (hidden [E, ...] or a list of
+    them, one per policy, done [E])."""
+    if isinstance(hidden, list):
+        return [reset_hidden(h, done) for h in hidden]
     if hidden is None or not bool(done.any()):
         return hidden
     return hidden * (~done).view(-1, *([1] * (hidden.dim() - 1))).to(hidden.dtype)
@@ -82,6 +85,7 @@ class Collector:
     def load_state_dict(self, state: dict) -> None:
         self.vec.set_state(state["envs"])
         self.last = {k: v.to(self.device) for k, v in state["last"].items()}
+        self.last.setdefault("acting", self.last["alive"])  # saved without an acting mask: parallel envs, where it is alive
         self.hidden = state["hidden"].to(self.device) if state["hidden"] is not None else None
 
 

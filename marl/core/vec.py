@@ -1,9 +1,11 @@
 """Vectorised runner: E PettingZoo ParallelEnvs stepped together into padded numpy arrays.
 
-Layout (ARCHITECTURE.md): obs [E,N,D], state [E,S], avail [E,N,A], alive [E,N];
-after a step also reward [E,N], terminated/truncated [E,N] (per agent, kept apart),
-done [E] (the env's episode ended and the env was reset), final_obs/final_state (the
-observation after an agent's last step, for bootstrapping a truncation).
+Layout (ARCHITECTURE.md): obs [E,N,D], state [E,S], avail [E,N,A], alive [E,N] (the agent
+is in the episode), acting [E,N] (the agent decides at this step: alive ones in parallel
+envs, the one to move in turn-based games); after a step also reward [E,N],
+terminated/truncated [E,N] (per agent, kept apart), done [E] (the env's episode ended and
+the env was reset), final_obs/final_state (the observation after a step at which an agent's
+episode ended, for bootstrapping a truncation).
 
 `workers=0` steps every env in this process; `workers=W` spreads the envs over W worker
 processes. Workers read actions from and write results into shared memory (each its own
@@ -28,7 +30,7 @@ from gymnasium.utils import EzPickle
 from marl.core.errors import EnvStepError, MarlError
 from marl.core.spec import Encoder, EnvSpec
 
-OBS_FIELDS = ("obs", "state", "avail", "alive")
+OBS_FIELDS = ("obs", "state", "avail", "alive", "acting")
 
 
 @dataclass
@@ -62,7 +64,7 @@ def _layout(spec: EnvSpec, e: int) -> dict[str, tuple[tuple[int, ...], type, int
     f, b = np.float32, bool
     return {
         "obs": ((e, n, d), f, 0), "state": ((e, s), f, 0), "avail": ((e, n, a), b, 1), "alive": ((e, n), b, 0),
-        "reward": ((e, n), f, 0), "terminated": ((e, n), b, 0), "truncated": ((e, n), b, 0), "done": ((e,), b, 0),
+        "acting": ((e, n), b, 0), "reward": ((e, n), f, 0), "terminated": ((e, n), b, 0), "truncated": ((e, n), b, 0), "done": ((e,), b, 0),
         "final_obs": ((e, n, d), f, 0), "final_state": ((e, s), f, 0), "final_avail": ((e, n, a), b, 1),
         "actions": ((e, n), np.int64, 0) if spec.discrete else ((e, n, a), f, 0),
     }
@@ -130,12 +132,15 @@ class _Envs:
         b["obs"][k] = 0.0
         b["avail"][k] = enc.base_avail
         enc.obs(obs, infos, b["obs"][k], b["avail"][k])
-        alive = b["alive"][k]
+        alive, acting = b["alive"][k], b["acting"][k]
         alive[:] = False
+        acting[:] = False
         live = env.agents
-        for agent in obs:  # turn-based envs observe only the agent to move
+        for agent in live:
+            alive[enc.index[agent]] = True
+        for agent in obs:  # turn-based envs observe only the agent to move (and agents that just ended)
             if agent in live:
-                alive[enc.index[agent]] = True
+                acting[enc.index[agent]] = True
         b["state"][k] = enc.state(env, b["obs"][k])
 
     def _reset_env(self, k: int) -> None:
@@ -190,9 +195,12 @@ class _Envs:
             self.ep_return[k] += b["reward"][k]
             self.ep_len[k] += 1
             ended = b["terminated"][k] | b["truncated"][k]
-            if ended.any():  # keep the observation after the last step for bootstrapping
+            if ended.any():  # keep the observation after the step for bootstrapping: every agent's,
+                # so a central critic reads this step's joint observation, not an earlier episode's rows
                 enc = self.enc[k]
-                enc.obs({a: o for a, o in obs.items() if ended[index[a]]}, infos, b["final_obs"][k], b["final_avail"][k])
+                b["final_obs"][k] = 0.0
+                b["final_avail"][k] = enc.base_avail
+                enc.obs(obs, infos, b["final_obs"][k], b["final_avail"][k])
                 b["final_state"][k] = enc.state(env, b["final_obs"][k])
             if env.agents:
                 self._observe(k, obs, infos)
