@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from marl.core.errors import MarlError
+from marl.core.errors import MarlError, first_line
 
 WANDB_MODES = ("online", "offline", "disabled")
 # Keys that differ between seeds / reruns of one experiment; left out of the W&B group hash.
-_NOT_IN_GROUP = {"seed", "run_dir", "resume", "overwrite", "progress", "device", "workers", "wandb",
+_NOT_IN_GROUP = {"seed", "run_dir", "resume", "overwrite", "allow_config_change", "progress", "device", "workers", "wandb",
                  "wandb_project", "wandb_entity", "log_interval", "checkpoint_interval"}
 _SHOW = (("train/return_mean", "ret"), ("eval/return_mean", "eval"))
 
@@ -111,6 +111,11 @@ class RunLogger:
                                               name or self.run_dir.name, init_timeout)
         self._t0 = self._last_print = time.monotonic()  # W&B start-up is not training time
 
+    @property
+    def offset(self) -> int:
+        """Bytes of metrics.jsonl written so far (a checkpoint records it: resume cuts the file back to it)."""
+        return self._file.tell() if self._file is not None else self.path.stat().st_size
+
     # ------------------------------------------------------------------ W&B
     def _init_wandb(self, mode, config, project, entity, group, name, init_timeout):
         try:
@@ -135,7 +140,7 @@ class RunLogger:
             return None
 
     def _warn_wandb(self, what: str, e: BaseException) -> None:
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        reason = first_line(e, 160)
         self._say(f"warning: W&B {what} failed ({type(e).__name__}: {reason}); "
                   f"continuing with {self.path} only", err=True)
 

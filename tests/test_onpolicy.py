@@ -199,7 +199,7 @@ def test_evaluation_not_logged_at_a_checkpoint_is_redone_on_resume(tmp_path, wor
     written = 1 + next(i for i, line in enumerate(lines) if json.loads(line)["step"] == 1600)  # the train row of 1600
     assert "eval/return_mean" not in lines[written - 1]
     (crashed / "metrics.jsonl").write_text("".join(lines[:written]))
-    train(TrainConfig(run_dir=str(crashed), resume=True, steps=3200, **FAST))
+    train(TrainConfig(run_dir=str(crashed), resume=True, steps=3200))  # the rest from the run
     assert _metrics(crashed) == _metrics(full)
 
 
@@ -209,7 +209,7 @@ def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, algo_kw):
               checkpoint_interval=1600, log_interval=800, algo_kw=algo_kw)
     _run(tmp_path, "full", steps=4800, **kw)
     _run(tmp_path, "split", steps=1600, **kw)
-    cfg = TrainConfig(run_dir=str(tmp_path / "split"), resume=True, steps=4800, **FAST)
+    cfg = TrainConfig(run_dir=str(tmp_path / "split"), resume=True, steps=4800)  # the rest from the run
     train(cfg)
     full, split = _metrics(tmp_path / "full"), _metrics(tmp_path / "split")
     assert [r["step"] for r in split] == [r["step"] for r in full]

@@ -218,6 +218,22 @@ class _Envs:
             env.close()
 
 
+def _regroup(blobs: list[bytes], slices: list[slice]) -> list[bytes]:
+    """Env snapshots (`_Envs.get_state`, one per group of envs, in env order) regrouped into the
+    groups `slices` (a resume with another number of workers)."""
+    parts = [pickle.loads(b) for b in blobs]
+    envs = [e for p in parts for e in p[0]]
+    seeds = [s for p in parts for s in p[1]]
+    ep_return, ep_len = np.concatenate([p[2] for p in parts]), np.concatenate([p[3] for p in parts])
+    buf = {k: np.concatenate([p[4][k] for p in parts]) for k in parts[0][4]}
+    out = []
+    for rows in slices:
+        stream = io.BytesIO()
+        _EnvPickler(stream).dump((envs[rows], seeds[rows], ep_return[rows], ep_len[rows], {k: v[rows] for k, v in buf.items()}))
+        out.append(stream.getvalue())
+    return out
+
+
 def _worker(conn, make_fn, seeds, spec, memory, total, rows):
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the training process's to handle
     buf = _rows(_buffers(spec, total, memory, init=False), rows)
@@ -341,8 +357,8 @@ class VecEnv:
         return self._call("get_state", [None] * self.workers)
 
     def set_state(self, blobs: list[bytes]) -> None:
-        if len(blobs) != max(self.workers, 1):
-            raise MarlError("the checkpoint's env snapshot was taken with a different --workers", "resume with the same --workers")
+        if len(blobs) != max(self.workers, 1):  # taken with another --workers: the same envs, grouped anew
+            blobs = _regroup(blobs, self._slices if self.workers else [slice(0, self.num_envs)])
         if self.workers == 0:
             self._local.set_state(blobs[0])
         else:

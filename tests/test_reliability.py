@@ -1,0 +1,199 @@
+"""Run directories, checkpoints and resume under hostile conditions, through the real `marl`
+command: foreign files next to a run, a second writer, SIGKILL, damaged or deleted checkpoints,
+a full disk, flags given to --resume."""
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from marl.checkpoint import load_checkpoint
+from marl.cli import main
+from marl.logging import read_metrics
+from tests.test_cli import HERE, SMALL, fails, snapshot, steps_of, train
+
+ROOT = Path(__file__).resolve().parent.parent
+FAST = [*SMALL, "--workers", "0"]
+
+
+def cli(*argv: str, tmp: Path | None = None, **kw) -> subprocess.Popen:
+    """`python -m marl.cli ...` in a new process group (killed as a whole), repository first on the path."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    if tmp is not None:
+        env["TMPDIR"] = str(tmp)
+    return subprocess.Popen([sys.executable, "-m", "marl.cli", *argv], env=env, start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+def wait_for(cond, timeout: float = 90.0, proc: subprocess.Popen | None = None) -> None:
+    end = time.monotonic() + timeout
+    while not cond():
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"process ended early: {proc.communicate()}")
+        assert time.monotonic() < end, "timed out"
+        time.sleep(0.2)
+
+
+def rows(run_dir: Path) -> list[dict]:
+    """metrics.jsonl without what depends on the clock."""
+    return [{k: v for k, v in r.items() if k != "time_s" and not k.startswith("perf/")} for r in read_metrics(run_dir)]
+
+
+# ----------------------------------------------------------------------------- 1. --overwrite
+def test_overwrite_never_deletes_files_marl_did_not_write(tmp_path, capsys):
+    project = tmp_path / "project"  # a user's folder that happens to hold a config.yaml and a metrics.jsonl
+    (project / "data").mkdir(parents=True)
+    for name, text in {"config.yaml": "lr: 1\n", "metrics.jsonl": "{}\n", "notes.txt": "mine", "data/results.csv": "1,2"}.items():
+        (project / name).write_text(text)
+    before = snapshot(project)
+    for extra in ([], ["--overwrite"]):
+        fails(capsys, ["train", *FAST, "--run-dir", str(project), *extra], f"run directory {project} is not empty and holds no marl run",
+              "pick a new or empty --run-dir")
+        assert snapshot(project) == before
+    run_dir = tmp_path / "run"
+    assert train(run_dir, "--steps", "128", "--workers", "0") == 0
+    assert (run_dir / ".marl-run").is_file()
+    (run_dir / "notes.txt").write_text("the user's own notes")
+    before = snapshot(run_dir)
+    fails(capsys, ["train", *FAST, "--run-dir", str(run_dir), "--overwrite"], "also holds files marl did not write (notes.txt)",
+          "move those files out")
+    assert snapshot(run_dir) == before
+    (run_dir / "notes.txt").unlink()
+    assert train(run_dir, "--steps", "256", "--workers", "0", "--overwrite") == 0
+    assert steps_of(run_dir, "eval/return_mean") == [0, 256] and load_checkpoint(run_dir)["step"] == 256
+
+
+# ----------------------------------------------------------------------------- 2 + 5. lock, SIGKILL leftovers
+def test_second_writer_is_refused_and_a_killed_run_leaves_nothing_behind(tmp_path, capsys):
+    """A real second process holds the run: --overwrite and --resume are refused naming its PID.
+    SIGKILL of its whole process group then leaves multiprocessing's pymp-* folder (and, when it
+    lands in a checkpoint write, a temp file); the next run cleans both and resumes."""
+    run_dir, tmp = tmp_path / "run", tmp_path / "tmp"
+    tmp.mkdir()
+    proc = cli("train", *SMALL, "--steps", "100000000", "--checkpoint-interval", "64", "--log-interval", "64",
+               "--workers", "2", "--run-dir", str(run_dir), tmp=tmp)
+    try:
+        wait_for(lambda: (run_dir / "checkpoints" / "latest.pt").is_file(), proc=proc)
+        before = (run_dir / "config.yaml").read_bytes()
+        for extra in (["--overwrite"], ["--resume"]):
+            fails(capsys, ["train", *FAST, "--run-dir", str(run_dir), *extra],
+                  f"run directory {run_dir} is in use by another marl process (PID {proc.pid})", "wait for that run to finish")
+        assert (run_dir / "config.yaml").read_bytes() == before and proc.poll() is None
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+    assert list(tmp.glob("pymp-*")), "the killed run left no forkserver folder: nothing to clean"
+    stale = run_dir / "checkpoints" / ".step_999.pt.4242.0badc0de.tmp"  # what a kill inside a checkpoint write leaves
+    stale.write_bytes(b"")
+    step = load_checkpoint(run_dir)["step"]
+    resumed = cli("train", "--resume", "--run-dir", str(run_dir), "--steps", str(step + 128), tmp=tmp)
+    out, err = resumed.communicate(timeout=120)
+    assert resumed.returncode == 0, err
+    assert load_checkpoint(run_dir)["step"] == step + 128
+    assert not stale.exists() and not list((run_dir / "checkpoints").glob(".*.tmp"))
+    assert not list(tmp.glob("pymp-*"))
+    for key in ("train/return_mean", "eval/return_mean"):
+        steps = steps_of(run_dir, key)
+        assert steps == sorted(set(steps)), (key, steps)  # rows logged after the checkpoint were not doubled
+
+
+# ----------------------------------------------------------------------------- 3. hints after Ctrl-C
+def test_ctrl_c_before_the_first_checkpoint_says_there_is_nothing_to_resume(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as info:
+        train(run_dir, "--env", f"{HERE}:FlakyIdentity", "--env-kwargs", "episode_len=20,fail_at=5,interrupt=true",
+              "--eval-interval", "0", "--workers", "0")
+    assert info.value.code == 130
+    err = capsys.readouterr().err
+    assert "no checkpoint yet, so there is nothing to resume" in err and "--resume" not in err, err
+    assert not (run_dir / "checkpoints").exists()
+    fails(capsys, ["train", "--resume", "--run-dir", str(run_dir)], "has no checkpoint to resume from")
+    # the hint's advice works: the same run again, --overwrite replacing what it wrote
+    assert train(run_dir, "--steps", "128", "--workers", "0", "--overwrite") == 0
+
+
+# ----------------------------------------------------------------------------- 6. metrics after resume
+def test_resumed_metrics_hold_the_uninterrupted_rows_once_each(tmp_path):
+    """Schedules not aligned with the checkpoints (log every 160, evaluate every 192, checkpoint
+    every 128 env steps; 64 per update). Deleting the newest checkpoints and resuming from step
+    256 logs exactly the rows of the uninterrupted run: none twice, none missing. The resume
+    also changes --workers (a setting): the same envs, now stepped by two worker processes."""
+    sched = ["--steps", "512", "--log-interval", "160", "--eval-interval", "192", "--checkpoint-interval", "128", "--workers", "0"]
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    assert train(full, *sched) == 0
+    assert train(cut, *sched) == 0
+    for name in ("latest.pt", "step_512.pt", "step_384.pt"):
+        (cut / "checkpoints" / name).unlink()
+    assert main(["train", "--resume", "--run-dir", str(cut), "--workers", "2"]) == 0
+    assert steps_of(full, "eval/return_mean") == [0, 192, 384, 512]
+    assert rows(cut) == rows(full)
+
+
+# ----------------------------------------------------------------------------- 7. full disk
+def test_full_disk_is_one_line_and_keeps_the_last_checkpoint(tmp_path, capsys, monkeypatch):
+    """ENOSPC injected into the write of the second checkpoint (a real full filesystem needs
+    root to mount): one line naming the disk and the space needed, the checkpoint of step 128
+    intact, no temp file left; the run resumes once there is space."""
+    run_dir = tmp_path / "run"
+    fsync = os.fsync
+
+    def full_disk(fd):
+        if ".step_256.pt." in os.readlink(f"/proc/self/fd/{fd}"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", full_disk)
+    line = fails(capsys, ["train", *FAST, "--run-dir", str(run_dir), "--steps", "256", "--checkpoint-interval", "128"],
+                 "no space left on the disk at /", f"to write a checkpoint into {run_dir / 'checkpoints'}", "MiB free",
+                 "the last good checkpoint is kept", "--resume")
+    assert "needs " in line
+    monkeypatch.undo()
+    assert load_checkpoint(run_dir)["step"] == 128
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["latest.pt", "step_128.pt"]
+    assert main(["train", "--resume", "--run-dir", str(run_dir)]) == 0
+    assert load_checkpoint(run_dir)["step"] == 256
+
+
+# ----------------------------------------------------------------------------- resume flags (issue 16, item 6)
+def test_resume_applies_settings_and_refuses_changes_to_what_is_learned(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    assert train(run_dir, "--steps", "128", "--workers", "0") == 0
+    before = snapshot(run_dir)
+    lr = yaml.safe_load((run_dir / "config.yaml").read_text())["algo"]["lr"]
+    resume = ["train", "--resume", "--run-dir", str(run_dir)]
+    for flag, value, saved in (("--lr", "0.1", lr), ("--seed", "3", 1), ("--num-envs", "16", 4),
+                               ("--env", "builtin/grid", "builtin/identity"), ("--algo", "ippo", "mappo")):
+        fails(capsys, [*resume, flag, value], f"--resume: {flag} {value} differs from the run's {saved}", "changes what the run learns",
+              f"marl train --config {run_dir}/config.yaml {flag} {value}", "--allow-config-change")
+        assert snapshot(run_dir) == before
+    # settings apply: more evaluation episodes, another log interval, the steps
+    assert main([*resume, "--steps", "256", "--eval-episodes", "6", "--log-interval", "64", "--device", "cpu"]) == 0
+    assert [r["eval/episodes"] for r in read_metrics(run_dir) if "eval/episodes" in r] == [4, 4, 6]
+    assert steps_of(run_dir, "train/return_mean") == [128, 192, 256]
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert config["train"]["eval_episodes"] == 6 and config["train"]["steps"] == 256
+    assert not (run_dir / "config_changes.yaml").exists()
+    # asked for explicitly, a change is made and recorded
+    assert main([*resume, "--steps", "320", "--lr", "0.1", "--allow-config-change"]) == 0
+    assert yaml.safe_load((run_dir / "config_changes.yaml").read_text()) == [
+        {"step": 256, "changes": {"lr": {"from": lr, "to": 0.1}}}]
+    assert load_checkpoint(run_dir)["config"]["algo"]["lr"] == 0.1
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert config["algo"]["lr"] == 0.1 and config["train"]["allow_config_change"] is False
+
+
+def test_help_describes_what_resume_does_with_flags(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--allow-config-change" in text and "recorded in its config_changes.yaml" not in text
+    assert "a flag that changes what is learned (algo, env, env_kwargs, seed, num_envs, any hyperparameter) is refused" in text
+    assert "record them in <run_dir>/config_changes.yaml" in text
