@@ -23,7 +23,7 @@ from pettingzoo import AECEnv, ParallelEnv
 
 from envs.builtin import BUILTINS
 from envs.turn_based import TurnBasedParallel
-from marl.core.errors import MarlError
+from marl.core.errors import DEBUG_ENV, MarlError, first_line
 from marl.core.registry import Registry
 
 ENV_FORMS = [
@@ -72,10 +72,13 @@ def make(name: str, **kwargs: Any) -> ParallelEnv:
 def _build(builder: Callable[..., Any], name: str, kwargs: dict) -> ParallelEnv:
     try:
         env = builder(**kwargs)
-    except TypeError as e:
-        if "unexpected keyword argument" in str(e):
-            raise MarlError(f"env '{name}': {e}", "check the keyword arguments the env accepts") from e
+    except MarlError:
         raise
+    except Exception as e:  # noqa: BLE001 - the factory is the user's (or an env library's) code: name it
+        if isinstance(e, TypeError) and "unexpected keyword argument" in str(e):
+            raise MarlError(f"env '{name}': {e}", "check the keyword arguments the env accepts") from e
+        raise MarlError(f"the factory of env '{name}' raised {type(e).__name__}: {first_line(e)}",
+                        f"fix the factory or its --env-kwargs {kwargs}; {DEBUG_ENV}=1 shows the traceback") from e
     if isinstance(env, ParallelEnv):
         return env
     if isinstance(env, AECEnv):

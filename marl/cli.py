@@ -21,10 +21,9 @@ from typing import Any
 
 from marl.config import TrainConfig
 from marl.configio import coerce, field_docs, field_types, from_dict, load_yaml, parse_value, positive, to_plain
-from marl.core.errors import MarlError
+from marl.core.errors import DEBUG_ENV, MarlError
 
 _RUN, _ALGO = "run.", "algo."
-DEBUG_ENV = "MARL_DEBUG"  # MARL_DEBUG=1: print the traceback behind an error line
 _training: Path | None = None  # the run directory of the `marl train` in progress
 
 

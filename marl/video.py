@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +26,9 @@ def record_video(env: str, env_kwargs: dict, policy, device: torch.device, path:
         raise MarlError(f"the folder {out.parent} for video {out} does not exist", "create it first, or write the video into an existing folder")
     # rgb_array frames need no window: SDL (pygame) must not probe for a display or print about one
     os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
-    vec = VecEnv(envs.make_factory(env, **{**env_kwargs, "render_mode": "rgb_array"}), 1, seed=seed)
+    with warnings.catch_warnings():  # gymnasium warns of an undeclared render mode; a failing render says more
+        warnings.filterwarnings("ignore", message=".*render_mode.*", category=UserWarning)
+        vec = VecEnv(envs.make_factory(env, **{**env_kwargs, "render_mode": "rgb_array"}), 1, seed=seed)
     frames: list[np.ndarray] = []
     try:
         last = to_tensors(vec.reset(seed), device)

@@ -11,9 +11,11 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
+from envs.builtin.identity import Identity
 from marl.checkpoint import load_checkpoint
 from marl.cli import main
 from marl.logging import read_metrics
@@ -21,11 +23,43 @@ from tests.test_cli import HERE, SMALL, fails, snapshot, steps_of, train
 
 ROOT = Path(__file__).resolve().parent.parent
 FAST = [*SMALL, "--workers", "0"]
+ME = "tests.test_reliability"  # module path of the env factories below
 
 
-def cli(*argv: str, tmp: Path | None = None, **kw) -> subprocess.Popen:
+# ----------------------------------------------------------------------------- faulty envs
+class FaultyIdentity(Identity):
+    """builtin/identity whose step `at` of the first episode returns `value` as agent_1's
+    reward (`field="reward"`), as one float of its observation (`field="obs"`), or an
+    observation of `size` floats instead of 4 (`field="shape"`)."""
+
+    def __init__(self, field: str = "reward", value: float = float("nan"), at: int = 3, size: int = 3, **kwargs):
+        super().__init__(**kwargs)
+        self.field, self.value, self.at, self.size, self.episodes = field, value, at, size, 0
+
+    def reset(self, seed=None, options=None):
+        self.episodes += 1
+        return super().reset(seed=seed, options=options)
+
+    def step(self, actions):
+        obs, rew, term, trunc, infos = super().step(actions)
+        if self.episodes == 1 and self.t == self.at:
+            if self.field == "reward":
+                rew["agent_1"] = self.value
+            elif self.field == "obs":
+                obs["agent_1"][2] = self.value
+            else:
+                obs["agent_1"] = np.zeros(self.size, np.float32)
+        return obs, rew, term, trunc, infos
+
+
+def broken_factory(**kwargs):
+    """A user's factory that fails the way user code does."""
+    raise FileNotFoundError("[Errno 2] No such file or directory: 'maps/arena.txt'")
+
+
+def cli(*argv: str, tmp: Path | None = None, env_extra: dict | None = None, **kw) -> subprocess.Popen:
     """`python -m marl.cli ...` in a new process group (killed as a whole), repository first on the path."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])), **(env_extra or {})}
     if tmp is not None:
         env["TMPDIR"] = str(tmp)
     return subprocess.Popen([sys.executable, "-m", "marl.cli", *argv], env=env, start_new_session=True,
@@ -197,3 +231,115 @@ def test_help_describes_what_resume_does_with_flags(capsys):
     assert "--allow-config-change" in text and "recorded in its config_changes.yaml" not in text
     assert "a flag that changes what is learned (algo, env, env_kwargs, seed, num_envs, any hyperparameter) is refused" in text
     assert "record them in <run_dir>/config_changes.yaml" in text
+
+
+# ----------------------------------------------------------------------------- 8-10. env faults named
+@pytest.mark.parametrize("field, value, workers, expected", [
+    ("reward", "nan", "0", "returned nan in the reward of agent 'agent_1' at episode step 3"),
+    ("obs", "inf", "0", "returned inf in the obs of agent 'agent_1' at episode step 3"),
+    ("obs", "-inf", "2", "returned -inf in the obs of agent 'agent_1' at episode step 3"),
+])
+def test_non_finite_env_output_names_the_env_not_the_learning_rate(field, value, workers, expected, tmp_path, capsys):
+    line = fails(capsys, ["train", *SMALL, "--run-dir", str(tmp_path / "run"), "--env", f"{ME}:FaultyIdentity",
+                          "--env-kwargs", f"field={field},value={value},at=3", "--workers", workers],
+                 f"env '{ME}:FaultyIdentity' (copy 0) {expected}", "fix the env", "lowering --lr does not help")
+    assert "diverged" not in line
+
+
+@pytest.mark.parametrize("flag, value", [("--lr", "inf"), ("--ent-coef", "nan"), ("--clip", "-inf"), ("--gamma", "nan")])
+def test_non_finite_hyperparameters_are_refused(flag, value, tmp_path, capsys):
+    fails(capsys, ["train", *FAST, "--run-dir", str(tmp_path / "run"), f"{flag}={value}"], f"{flag} must be a finite number, got {value}")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("size", [3, 5])
+def test_observation_changing_shape_mid_episode_is_one_line(size, tmp_path, capsys):
+    fails(capsys, ["train", *FAST, "--run-dir", str(tmp_path / "run"), "--env", f"{ME}:FaultyIdentity",
+                   "--env-kwargs", f"field=shape,size={size},at=3"],
+          f"env '{ME}:FaultyIdentity' (copy 0) at episode step 3: agent 'agent_1' observed shape ({size},), "
+          "its observation space declares (4,)", "fix the env so every observation matches")
+
+
+def test_factory_that_raises_is_one_line_and_the_traceback_is_behind_marl_debug(tmp_path):
+    argv = ["train", *FAST, "--run-dir", str(tmp_path / "run"), "--env", f"{ME}:broken_factory"]
+    proc = cli(*argv)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2
+    assert err.splitlines() == [f"error: the factory of env '{ME}:broken_factory' raised FileNotFoundError: [Errno 2] No such "
+                                "file or directory: 'maps/arena.txt'; fix the factory or its --env-kwargs {}; MARL_DEBUG=1 "
+                                "shows the traceback"], err
+    proc = cli(*argv, env_extra={"MARL_DEBUG": "1"})
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2 and "Traceback (most recent call last)" in err and 'in broken_factory' in err
+    assert err.strip().splitlines()[-1].startswith("error: the factory of env")
+
+
+# ----------------------------------------------------------------------------- 11. one line instead of a traceback
+@pytest.mark.parametrize("argv, expected", [
+    (["--hidden", "0"], ["hidden sizes must be positive, got [0]", "--hidden"]),
+    (["--hidden", "64,abc"], ["--hidden expects tuple[int, ...], got '64,abc'"]),
+    (["--env", "mpe2/simple_spread_v3", "--env-kwargs", "N=abc"],
+     ["the factory of env 'mpe2/simple_spread_v3' raised TypeError", "--env-kwargs {'N': 'abc'}"]),
+])
+def test_bad_values_are_one_line(argv, expected, tmp_path, capsys):
+    fails(capsys, ["train", *FAST, "--run-dir", str(tmp_path / "run"), *argv], *expected)
+    assert not (tmp_path / "run").exists()
+
+
+def test_run_dir_naming_a_file_or_not_writable_is_one_line(tmp_path, capsys, monkeypatch):
+    afile = tmp_path / "results.csv"
+    afile.write_text("1,2\n")
+    fails(capsys, ["train", *FAST, "--run-dir", str(afile)], f"--run-dir {afile} is a file, not a directory")
+    assert afile.read_text() == "1,2\n"
+    run_dir = tmp_path / "run"
+    assert train(run_dir, "--steps", "128", "--workers", "0") == 0
+    before = snapshot(run_dir)
+    # a read-only filesystem (injected: the tests may run as root, whom permissions do not stop)
+    open_, mkdir = os.open, os.mkdir
+
+    def read_only(call):
+        def refuse(path, *args, **kwargs):
+            if str(path).startswith(str(tmp_path)) and (call is mkdir or args[0] & (os.O_WRONLY | os.O_RDWR | os.O_CREAT)):
+                raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+            return call(path, *args, **kwargs)
+        return refuse
+
+    monkeypatch.setattr(os, "open", read_only(open_))
+    monkeypatch.setattr(os, "mkdir", read_only(mkdir))
+    fails(capsys, ["train", "--resume", "--run-dir", str(run_dir), "--steps", "256"],
+          f"cannot write to run directory {run_dir} (Read-only file system)", "pick a --run-dir you can write to")
+    fails(capsys, ["train", *FAST, "--run-dir", str(tmp_path / "new")], f"cannot write to run directory {tmp_path / 'new'}")
+    monkeypatch.undo()
+    assert snapshot(run_dir) == before and not (tmp_path / "new").exists()
+
+
+def test_videos_refuse_a_missing_folder_and_print_no_stray_lines(tmp_path, capsys):
+    run_dir = tmp_path / "cartpole"
+    assert main(["train", "--algo", "ippo", "--env", "gym/CartPole-v1", "--steps", "64", "--num-envs", "2", "--rollout-len", "32",
+                 "--eval-interval", "0", "--workers", "0", "--wandb", "disabled", "--progress", "false", "--run-dir", str(run_dir)]) == 0
+    missing = tmp_path / "missing" / "v.gif"
+    fails(capsys, ["evaluate", "--checkpoint", str(run_dir), "--episodes", "1", "--video", str(missing)],
+          f"--video {missing}: the folder {missing.parent} does not exist", "create it first")
+    assert not missing.parent.exists()
+    env = {k: v for k, v in os.environ.items() if k not in ("XDG_RUNTIME_DIR", "DISPLAY", "WAYLAND_DISPLAY", "SDL_VIDEODRIVER")}
+    proc = subprocess.run([sys.executable, "-m", "marl.cli", "evaluate", "--checkpoint", str(run_dir), "--episodes", "1",
+                           "--device", "cpu", "--video", str(tmp_path / "v.gif")], capture_output=True, text=True, timeout=120,
+                          env={**env, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr  # no "XDG_RUNTIME_DIR is invalid" from SDL
+    assert (tmp_path / "v.gif").stat().st_size > 0 and "video: " in proc.stdout
+
+
+def test_video_of_an_env_that_needs_a_display_prints_the_returns_then_one_line(tmp_path):
+    run_dir = tmp_path / "lbf"
+    assert main(["train", "--algo", "ippo", "--env", "lbforaging/Foraging-8x8-2p-3f-v3", "--steps", "64", "--num-envs", "2",
+                 "--rollout-len", "32", "--eval-interval", "0", "--workers", "0", "--wandb", "disabled", "--progress", "false",
+                 "--run-dir", str(run_dir)]) == 0
+    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
+    proc = subprocess.run([sys.executable, "-m", "marl.cli", "evaluate", "--checkpoint", str(run_dir), "--episodes", "2",
+                           "--device", "cpu", "--video", str(tmp_path / "x.gif")], capture_output=True, text=True, timeout=120,
+                          env={**env, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 2
+    assert "eval/return_mean: " in proc.stdout and "eval/episodes: 2" in proc.stdout  # the returns were not lost
+    assert proc.stderr.splitlines() == [proc.stderr.strip()] and proc.stderr.startswith(
+        "error: env 'lbforaging/Foraging-8x8-2p-3f-v3' could not render a frame (NoSuchDisplayException"), proc.stderr
+    assert "xvfb-run" in proc.stderr and not (tmp_path / "x.gif").exists()

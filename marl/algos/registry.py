@@ -5,6 +5,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from marl.configio import check_finite
 from marl.core.errors import MarlError
 from marl.core.registry import Registry
 
@@ -25,7 +26,7 @@ class AlgoEntry:
         unknown = sorted(set(overrides) - names)
         if unknown:
             raise MarlError(f"unknown hyperparameter(s) {unknown} for {self.config.__name__}", f"valid: {sorted(names)}")
-        return self.config(**{**self.preset, **overrides})
+        return check_finite(self.config(**{**self.preset, **overrides}))
 
 
 ALGOS: Registry[AlgoEntry] = Registry("algorithm")

@@ -1,4 +1,7 @@
-"""User-facing errors: one line naming the problem and the fix. The CLI prints them and exits 2."""
+"""User-facing errors: one line naming the problem and the fix. The CLI prints them and exits 2;
+with MARL_DEBUG=1 in the environment it prints the traceback of the error's cause first."""
+
+DEBUG_ENV = "MARL_DEBUG"
 
 
 class MarlError(Exception):
