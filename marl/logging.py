@@ -1,7 +1,7 @@
 """Run logging: metrics.jsonl (always), a console progress bar or plain lines, and W&B.
 
-W&B never blocks training: `online` without an API key becomes `offline` (one console line),
-init has a timeout, and any W&B failure prints one warning and leaves the JSONL log running.
+W&B never blocks training: `online` without an API key, or whose server does not answer within
+REACH_TIMEOUT seconds, becomes `offline` (one console line), init has a timeout, and any W&B failure prints one warning and leaves the JSONL log running.
 Files land under `<run_dir>/wandb` (WANDB_DIR is set to the run directory).
 """
 from __future__ import annotations
@@ -75,7 +75,34 @@ def resolve_wandb_mode(mode: str) -> tuple[str, str | None]:
     if mode == "online" and not has_wandb_key():
         return "offline", ("W&B: no API key (WANDB_API_KEY or ~/.netrc), logging offline instead; "
                            "run `wandb login` to log online, or `wandb sync` the offline run later")
+    if mode == "online" and (problem := _unreachable(_wandb_url(), REACH_TIMEOUT)):
+        return "offline", (f"W&B: cannot reach {_wandb_url()} ({problem}), logging offline instead; "
+                           "`wandb sync` the offline run once the network is back")
     return mode, None
+
+
+REACH_TIMEOUT = 3.0  # seconds to wait for the W&B server before falling back to offline
+
+
+def _wandb_url() -> str:
+    return os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")
+
+
+def _unreachable(url: str, timeout: float) -> str | None:
+    """Why the W&B server at `url` gives no HTTP answer within `timeout` s, or None when it
+    answers (any status). W&B's own init waits its full init_timeout (60 s) for a server it
+    cannot reach."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout).close()
+    except urllib.error.HTTPError:
+        return None  # an answer, if not a welcome one: the server is there
+    except (OSError, ValueError) as err:  # URLError, timeouts, refused connections, bad URLs
+        reason = getattr(err, "reason", err)
+        return f"{type(reason).__name__}: {reason}" if str(reason) else type(reason).__name__
+    return None
 
 
 class RunLogger:

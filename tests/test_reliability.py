@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -343,3 +344,25 @@ def test_video_of_an_env_that_needs_a_display_prints_the_returns_then_one_line(t
     assert proc.stderr.splitlines() == [proc.stderr.strip()] and proc.stderr.startswith(
         "error: env 'lbforaging/Foraging-8x8-2p-3f-v3' could not render a frame (NoSuchDisplayException"), proc.stderr
     assert "xvfb-run" in proc.stderr and not (tmp_path / "x.gif").exists()
+
+
+# ----------------------------------------------------------------------------- 13. W&B without a network
+def test_wandb_online_without_a_network_falls_back_within_seconds(tmp_path):
+    """A key, and a server that accepts the connection but never answers (a dead proxy, a
+    captive network): W&B's own init would wait its 60 s timeout; the run logs offline after a
+    few seconds instead, with one note line."""
+    run_dir = tmp_path / "run"
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)  # the kernel completes connections; nobody ever reads or answers
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        start = time.monotonic()
+        proc = cli("train", *FAST, "--steps", "64", "--eval-interval", "0", "--run-dir", str(run_dir), "--wandb", "online",
+                   env_extra={"WANDB_API_KEY": "0" * 40, "WANDB_BASE_URL": url})
+        out, err = proc.communicate(timeout=120)
+        took = time.monotonic() - start
+    assert proc.returncode == 0, err
+    notes = [line for line in err.splitlines() if "W&B" in line]
+    assert len(notes) == 1 and notes[0].startswith(f"W&B: cannot reach {url} (TimeoutError: timed out)") and "logging offline" in notes[0], err
+    assert took < 45, took  # start-up and training take ~10 s on 2 busy cores, the probe 3 s; W&B alone waited 60
+    assert list((run_dir / "wandb").glob("offline-run-*"))
