@@ -36,6 +36,7 @@ ENV_FORMS = [
     "<registered name>              added with envs.register() or the 'marl.envs' entry-point group",
 ]
 ENTRY_POINT_GROUP = "marl.envs"
+FAMILY_EXTRAS = ("sisl", "butterfly", "classic")  # PettingZoo families with a marl extra (pyproject.toml)
 _ENV_MODULE = re.compile(r"[A-Za-z_]+_v[0-9]+")
 _REGISTRY: Registry[Callable[..., Any]] = Registry("env")
 for _name, _factory in BUILTINS.items():
@@ -215,7 +216,9 @@ def _find_module(package: str, module: str, prefix: str) -> str:
         _import_quietly(f"{package}.{module}")
     except ImportError as e:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        fix = f"pip install 'pettingzoo[{package[11:]}]'" if package.startswith("pettingzoo.") else f"pip install {package}"
+        family = package[len("pettingzoo."):] if package.startswith("pettingzoo.") else ""
+        fix = f"pip install 'marl[{family}]'" if family in FAMILY_EXTRAS else \
+            f"pip install 'pettingzoo[{family}]'" if family else f"pip install {package}"
         raise MarlError(f"cannot import env '{prefix}/{module}': {first}", fix) from e
     return f"{package}.{module}"
 

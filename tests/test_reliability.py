@@ -366,3 +366,26 @@ def test_wandb_online_without_a_network_falls_back_within_seconds(tmp_path):
     assert len(notes) == 1 and notes[0].startswith(f"W&B: cannot reach {url} (TimeoutError: timed out)") and "logging offline" in notes[0], err
     assert took < 45, took  # start-up and training take ~10 s on 2 busy cores, the probe 3 s; W&B alone waited 60
     assert list((run_dir / "wandb").glob("offline-run-*"))
+
+
+# ----------------------------------------------------------------------------- 14. env names and extras
+def test_every_env_name_in_the_readme_resolves_or_names_its_extra():
+    """Each env name the README gives is one the installed libraries know; where it needs an
+    optional dependency that is not installed, the error names a marl extra that exists."""
+    import re
+    import tomllib
+
+    import envs
+    from marl.core.errors import MarlError
+
+    readme = (ROOT / "README.md").read_text()
+    names = sorted(set(re.findall(r"(?<![\w<])((?:mpe2|pettingzoo\.[a-z]+|gym|lbforaging|builtin)/[A-Za-z0-9_.:-]+)", readme)))
+    assert {"pettingzoo.sisl/multiwalker_v9", "pettingzoo.butterfly/knights_archers_zombies_v11", "mpe2/simple_spread_v3"} <= set(names)
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert set(envs.FAMILY_EXTRAS) <= set(extras)
+    for name in names:
+        try:
+            envs.make_factory(name)
+        except MarlError as err:
+            hint = re.search(r"pip install 'marl\[(\w+)\]'", str(err))
+            assert hint and hint.group(1) in extras, (name, str(err))  # a missing optional dependency, not a wrong name
