@@ -1,10 +1,12 @@
-"""Environments by name: the only package that imports environment libraries.
+"""Environments by name: the only package that imports environment libraries. It lives in the
+repository's envs/ folder and imports as `marl.envs` (pyproject.toml, marl/__init__.py).
 
+    from marl import envs
     env = envs.make("mpe2/simple_spread_v3", N=3)        # a PettingZoo ParallelEnv
     fn = envs.make_factory("builtin/grid", max_steps=10)  # picklable, for worker processes
 
 Turn-based (AEC) envs come back as a `TurnBasedParallel` (one move per step), gymnasium
-envs as one-agent or tuple-space adapters (`envs.adapters`).
+envs as one-agent or tuple-space adapters (`marl.envs.adapters`).
 """
 from __future__ import annotations
 
@@ -21,8 +23,8 @@ from typing import Any, Callable
 
 from pettingzoo import AECEnv, ParallelEnv
 
-from envs.builtin import BUILTINS
-from envs.turn_based import TurnBasedParallel
+from marl.envs.builtin import BUILTINS
+from marl.envs.turn_based import TurnBasedParallel
 from marl.core.errors import DEBUG_ENV, MarlError, first_line
 from marl.core.registry import Registry
 
@@ -86,7 +88,7 @@ def _build(builder: Callable[..., Any], name: str, kwargs: dict) -> ParallelEnv:
         return TurnBasedParallel(env)
     raise MarlError(
         f"env factory for '{name}' returned {type(env).__name__}, not a PettingZoo ParallelEnv or AECEnv",
-        "return a ParallelEnv/AECEnv (gymnasium envs: use gym/<id> or envs.adapters)",
+        "return a ParallelEnv/AECEnv (gymnasium envs: use gym/<id> or marl.envs.adapters)",
     )
 
 
@@ -96,7 +98,7 @@ def _mpe2(module: str, **kwargs: Any) -> ParallelEnv:
     # same observations, rewards, flags and state (tests/test_envs.py), and it passes
     # parallel_api_test. Continuous actions keep the standard env, whose ClipOutOfBounds
     # wrapper clips actions (raw_env does not).
-    from envs.adapters import CycleParallel
+    from marl.envs.adapters import CycleParallel
 
     kwargs.setdefault("continuous_actions", False)
     mod = importlib.import_module(module)
@@ -124,7 +126,7 @@ def _pettingzoo(module: str, **kwargs: Any) -> ParallelEnv:
 def _gym(env_id: str, **kwargs: Any) -> ParallelEnv:
     import gymnasium
 
-    from envs.adapters import GymParallel
+    from marl.envs.adapters import GymParallel
 
     return GymParallel(gymnasium.make(env_id, **kwargs))
 
@@ -133,7 +135,7 @@ def _lbforaging(env_id: str, **kwargs: Any) -> ParallelEnv:
     import gymnasium
     import lbforaging  # noqa: F401  (registers the Foraging-* ids)
 
-    from envs.adapters import TupleParallel, lbf_split_end
+    from marl.envs.adapters import TupleParallel, lbf_split_end
 
     kwargs.setdefault("disable_env_checker", True)  # the checker warns on the per-agent reward list
     return TupleParallel(gymnasium.make(env_id, **kwargs), split_end=lbf_split_end)

@@ -164,7 +164,7 @@ def _env_help() -> str:
     forms: list[str] = []
     names: list[str] = []
     try:
-        import envs  # written separately; help must work without it
+        from marl import envs  # written separately; help must work without it
 
         forms = list(getattr(envs, "ENV_FORMS", []) or [])
         names = list(envs.names()) if callable(getattr(envs, "names", None)) else []

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import envs
+from marl import envs
 from marl.algos import ALGOS
 from marl.checkpoint import load_newest, remove_stale_temp_files, resolve_checkpoint, save_step_checkpoint, step_checkpoints
 from marl.config import TrainConfig

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import envs
+from marl import envs
 from marl.core.errors import MarlError, first_line
 from marl.core.rollout import reset_hidden, to_tensors
 from marl.core.vec import VecEnv

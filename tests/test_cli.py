@@ -18,8 +18,8 @@ import torch
 from gymnasium import spaces
 from pettingzoo import ParallelEnv
 
-import envs
-from envs.builtin.identity import Identity
+from marl import envs
+from marl.envs.builtin.identity import Identity
 from marl.algos import ALGOS
 from marl.algos.onpolicy import OnPolicyConfig
 from marl.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint

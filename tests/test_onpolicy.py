@@ -42,7 +42,7 @@ def test_popart_option_learns(tmp_path):
 def test_team_value_critic_takes_the_state_once(recurrent):
     """MLP central critic + team reward: no agent id, one value per env step shared by all agents;
     with per-agent rewards each agent keeps its own value (agent id appended)."""
-    import envs
+    from marl import envs
     from marl.core.rollout import to_tensors
     from marl.core.vec import VecEnv
 
@@ -75,7 +75,7 @@ def test_set_critic_reads_every_agent_and_a_state_beyond_them(env, recurrent):
     step with the team reward, one per agent with their own. mpe2 declares its state to be
     the concatenated observations, so the critic ignores it; identity does not, so its state
     joins the pooled embedding."""
-    import envs
+    from marl import envs
     from marl.core.rollout import to_tensors
     from marl.core.vec import VecEnv
 
@@ -105,7 +105,7 @@ def test_rollout_values_in_one_pass_match_step_by_step(algo):
     """The update's single critic pass over a rollout gives, for every step, the value of that
     step's observation and, as next value, the final observation's where the agent's episode
     ended (time limit 5 < rollout 8, so envs reset mid-rollout) and the next step's otherwise."""
-    import envs
+    from marl import envs
     from marl.core.rollout import Collector
     from marl.core.vec import VecEnv
 

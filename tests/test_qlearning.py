@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-import envs
+from marl import envs
 from marl.algos import ALGOS
 from marl.algos.qlearning import QLearner, epsilon_at
 from marl.algos.targets import greedy_next_values

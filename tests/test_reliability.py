@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import yaml
 
-from envs.builtin.identity import Identity
+from marl.envs.builtin.identity import Identity
 from marl.checkpoint import load_checkpoint
 from marl.cli import main
 from marl.logging import read_metrics
@@ -375,7 +375,7 @@ def test_every_env_name_in_the_readme_resolves_or_names_its_extra():
     import re
     import tomllib
 
-    import envs
+    from marl import envs
     from marl.core.errors import MarlError
 
     readme = (ROOT / "README.md").read_text()
@@ -389,3 +389,81 @@ def test_every_env_name_in_the_readme_resolves_or_names_its_extra():
         except MarlError as err:
             hint = re.search(r"pip install 'marl\[(\w+)\]'", str(err))
             assert hint and hint.group(1) in extras, (name, str(err))  # a missing optional dependency, not a wrong name
+
+
+# ----------------------------------------------------------------------------- 12. a user's own `envs` package
+USER_ENVS = '''"""A research project's own env package (EPyMARL has one of this name)."""
+from marl.envs.builtin.identity import Identity
+
+
+def make(**kwargs):
+    return Identity(**kwargs)
+'''
+
+
+def run_from_user_project(tmp_path: Path, pythonpath: str) -> subprocess.CompletedProcess:
+    """`python -m marl.cli train` from a project whose top-level `envs` package is not marl's:
+    marl's own envs (builtin/identity) and the project's factory (envs:make) both work."""
+    project = tmp_path / "project"
+    (project / "envs").mkdir(parents=True, exist_ok=True)
+    (project / "envs" / "__init__.py").write_text(USER_ENVS)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(project), pythonpath])}
+    for name in ("builtin/identity", "envs:make"):
+        proc = subprocess.run([sys.executable, "-m", "marl.cli", "train", *FAST, "--steps", "64", "--eval-interval", "0",
+                               "--env", name, "--run-dir", str(project / "runs" / name.replace("/", "-").replace(":", "-"))],
+                              cwd=project, env=env, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, (name, proc.stderr)
+    return proc
+
+
+def test_a_user_package_named_envs_does_not_shadow_marls_from_a_checkout(tmp_path):
+    run_from_user_project(tmp_path, str(ROOT))
+
+
+def test_the_installed_package_holds_envs_as_marl_envs(tmp_path):
+    """Build the wheel from a copy of the sources, install it into a folder and train from a
+    project with its own `envs`; the wheel has no top-level `envs` and holds every package."""
+    import shutil
+    import zipfile
+
+    src = tmp_path / "src"
+    for name in ("marl", "envs"):
+        shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path / "dist"), str(src)], check=True, timeout=300)
+    wheel = next((tmp_path / "dist").glob("marl-*.whl"))
+    names = {n for n in zipfile.ZipFile(wheel).namelist() if n.endswith(".py")}
+    expected = {f"marl/{p.relative_to(ROOT / 'marl').as_posix()}" for p in (ROOT / "marl").rglob("*.py")} | \
+               {f"marl/envs/{p.relative_to(ROOT / 'envs').as_posix()}" for p in (ROOT / "envs").rglob("*.py")}
+    assert names == expected, (names ^ expected)
+    subprocess.run([*pip, "install", "--no-deps", "--no-index", "--target", str(tmp_path / "site"), str(wheel)], check=True, timeout=300)
+    run_from_user_project(tmp_path, str(tmp_path / "site"))
+
+
+def test_env_snapshots_of_checkpoints_from_before_marl_envs_still_load(monkeypatch):
+    """Checkpoints written while the package imported as top-level `envs` name their env classes
+    `envs.builtin...`; they load as marl.envs classes, never from a user's `envs`."""
+    import pickle
+
+    import marl.envs.builtin.identity as identity
+    from marl.core.vec import VecEnv
+    from marl import envs
+
+    import marl.envs.builtin as builtin
+
+    vec = VecEnv(envs.make_factory("builtin/identity"), 2, seed=3)
+    vec.reset(3)
+    with monkeypatch.context() as old_layout:  # pickle the envs as the old layout named them
+        for name, module in (("envs", envs), ("envs.builtin", builtin), ("envs.builtin.identity", identity)):
+            old_layout.setitem(sys.modules, name, module)
+        old_layout.setattr(identity.Identity, "__module__", "envs.builtin.identity")
+        old = vec.get_state()[0]
+    assert b"envs.builtin.identity" in old and b"marl.envs.builtin.identity" not in old
+    monkeypatch.setitem(sys.modules, "envs", None)  # `import envs` would fail: nothing may use that name
+    with pytest.raises(ImportError):
+        pickle.loads(old)
+    vec.set_state([old])
+    assert all(type(e) is identity.Identity for e in vec._local.envs)
+    vec.close()

@@ -247,7 +247,7 @@ class _Envs:
         return out.getvalue()
 
     def set_state(self, blob: bytes) -> None:
-        self.envs, self.seeds, self.ep_return, self.ep_len, buf = pickle.loads(blob)
+        self.envs, self.seeds, self.ep_return, self.ep_len, buf = _load_envs(blob)
         for key, value in buf.items():  # into the arrays in place: they may be shared with the main process
             if key in self.buf:
                 self.buf[key][...] = value
@@ -257,10 +257,24 @@ class _Envs:
             env.close()
 
 
+class _EnvUnpickler(pickle.Unpickler):
+    """Reads env snapshots; those of checkpoints written when the env package imported as the
+    top-level `envs` name its classes under `marl.envs` (a user's `envs` package is never used)."""
+
+    def find_class(self, module: str, name: str):
+        if module == "envs" or module.startswith("envs."):
+            module = "marl." + module
+        return super().find_class(module, name)
+
+
+def _load_envs(blob: bytes):
+    return _EnvUnpickler(io.BytesIO(blob)).load()
+
+
 def _regroup(blobs: list[bytes], slices: list[slice]) -> list[bytes]:
     """Env snapshots (`_Envs.get_state`, one per group of envs, in env order) regrouped into the
     groups `slices` (a resume with another number of workers)."""
-    parts = [pickle.loads(b) for b in blobs]
+    parts = [_load_envs(b) for b in blobs]
     envs = [e for p in parts for e in p[0]]
     seeds = [s for p in parts for s in p[1]]
     ep_return, ep_len = np.concatenate([p[2] for p in parts]), np.concatenate([p[3] for p in parts])
