@@ -133,7 +133,7 @@ def save_step_checkpoint(run_dir: str | os.PathLike, step: int, payload: dict, k
             atomic_write(target, lambda f: f.write(data))
     except OSError as err:
         if err.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise disk_full_error(folder, 2 * len(data)) from None
+            raise disk_full_error(folder, 2 * len(data), kept_checkpoint(run_dir)) from None
         raise
     if keep > 0:
         for _, old in step_checkpoints(run_dir)[:-keep]:
@@ -142,7 +142,15 @@ def save_step_checkpoint(run_dir: str | os.PathLike, step: int, payload: dict, k
     return path
 
 
-def disk_full_error(folder: Path, needed: int) -> MarlError:
+def kept_checkpoint(run_dir: str | os.PathLike) -> str:
+    """What a run that stops now keeps, true for its checkpoints/ folder."""
+    steps = step_checkpoints(run_dir)
+    if steps:
+        return f"the run keeps its checkpoint of step {steps[-1][0]} (continue with --resume)"
+    return "the run has no checkpoint yet (nothing to resume; start it again)"
+
+
+def disk_full_error(folder: Path, needed: int, kept: str) -> MarlError:
     """One line naming the disk (its mount point) holding `folder` and the space a write needs."""
     mount = Path(folder).resolve()
     while not os.path.ismount(mount) and mount != mount.parent:
@@ -151,8 +159,7 @@ def disk_full_error(folder: Path, needed: int) -> MarlError:
     mib = lambda n: f"{n / 2**20:.1f} MiB"  # noqa: E731
     return MarlError(f"no space left on the disk at {mount} to write a checkpoint into {folder} "
                      f"(needs {mib(needed)}, {mib(free)} free)",
-                     f"free at least {mib(max(needed - free, 0) or needed)} there (or pass a --run-dir on another disk) "
-                     "and continue with --resume; the last good checkpoint is kept")
+                     f"free at least {mib(max(needed - free, 0) or needed)} there (or pass a --run-dir on another disk); {kept}")
 
 
 def load_newest(run_dir: str | os.PathLike) -> tuple[Path, dict, str]:

@@ -20,7 +20,7 @@ import torch
 
 from marl import envs
 from marl.algos import ALGOS
-from marl.checkpoint import load_newest, remove_stale_temp_files, resolve_checkpoint, save_step_checkpoint, step_checkpoints
+from marl.checkpoint import kept_checkpoint, load_newest, remove_stale_temp_files, resolve_checkpoint, save_step_checkpoint, step_checkpoints
 from marl.config import TrainConfig
 from marl.configio import flag, from_dict, load_yaml, save_yaml, to_dict
 from marl.core.errors import MarlError, check
@@ -307,8 +307,9 @@ def train(cfg: TrainConfig, algo_cfg=None, set_fields=None) -> dict:
             bad = sorted(k for k, v in metrics.items() if not math.isfinite(v))
             if not bad and not _finite(learner):
                 bad = ["parameters"]  # never checkpoint a diverged model
-            check(not bad, f"training diverged: {', '.join(bad)} became non-finite at env step {step + per_update}",
-                  "lower --lr (or --max-grad-norm); the run's last good checkpoint is kept")
+            if bad:
+                raise MarlError(f"training diverged: {', '.join(bad)} became non-finite at env step {step + per_update}",
+                                f"lower --lr (or --max-grad-norm); {kept_checkpoint(run_dir)}")
             train_time += time.perf_counter() - t0
             step += per_update
             updates += 1

@@ -448,6 +448,10 @@ def test_diverging_training_stops_with_one_line_and_keeps_the_checkpoint(tmp_pat
     run_dir = tmp_path / "run"
     argv = ["train", *SMALL, "--algo", "ippo", "--run-dir", str(run_dir), "--steps", "4096",
             "--checkpoint-interval", "64", "--lr", "100"]
-    fails(capsys, argv, "training diverged", "non-finite", "--lr")
+    line = fails(capsys, argv, "training diverged", "non-finite", "--lr")
     ckpt = latest_checkpoint(run_dir)
     assert ckpt is not None and all(torch.isfinite(v).all() for v in load_checkpoint(ckpt)["model"].values() if v.is_floating_point())
+    assert f"the run keeps its checkpoint of step {load_checkpoint(ckpt)['step']} (continue with --resume)" in line
+    # diverging before the first checkpoint: the hint does not promise one
+    fails(capsys, [*argv[:-2], "--lr", "1e30", "--checkpoint-interval", "100000", "--run-dir", str(tmp_path / "early")],
+          "training diverged", "the run has no checkpoint yet")

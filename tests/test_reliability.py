@@ -188,7 +188,7 @@ def test_full_disk_is_one_line_and_keeps_the_last_checkpoint(tmp_path, capsys, m
     monkeypatch.setattr(os, "fsync", full_disk)
     line = fails(capsys, ["train", *FAST, "--run-dir", str(run_dir), "--steps", "256", "--checkpoint-interval", "128"],
                  "no space left on the disk at /", f"to write a checkpoint into {run_dir / 'checkpoints'}", "MiB free",
-                 "the last good checkpoint is kept", "--resume")
+                 "the run keeps its checkpoint of step 128 (continue with --resume)")
     assert "needs " in line
     monkeypatch.undo()
     assert load_checkpoint(run_dir)["step"] == 128
