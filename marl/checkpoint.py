@@ -150,14 +150,14 @@ def kept_checkpoint(run_dir: str | os.PathLike) -> str:
     return "the run has no checkpoint yet (nothing to resume; start it again)"
 
 
-def disk_full_error(folder: Path, needed: int, kept: str) -> MarlError:
+def disk_full_error(folder: Path, needed: int, kept: str, what: str = "a checkpoint") -> MarlError:
     """One line naming the disk (its mount point) holding `folder` and the space a write needs."""
     mount = Path(folder).resolve()
     while not os.path.ismount(mount) and mount != mount.parent:
         mount = mount.parent
     free = shutil.disk_usage(mount).free if mount.exists() else 0
     mib = lambda n: f"{n / 2**20:.1f} MiB"  # noqa: E731
-    return MarlError(f"no space left on the disk at {mount} to write a checkpoint into {folder} "
+    return MarlError(f"no space left on the disk at {mount} to write {what} into {folder} "
                      f"(needs {mib(needed)}, {mib(free)} free)",
                      f"free at least {mib(max(needed - free, 0) or needed)} there (or pass a --run-dir on another disk); {kept}")
 

@@ -6,6 +6,7 @@ Files land under `<run_dir>/wandb` (WANDB_DIR is set to the run directory).
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import math
@@ -225,8 +226,16 @@ class RunLogger:
         self.step = int(step)
         metrics = {str(k): _plain(v) for k, v in metrics.items()}
         record = {"step": self.step, "time_s": round(self._time_offset + time.monotonic() - self._t0, 3), **metrics}
-        self._file.write(json.dumps(record, default=str) + "\n")
-        self._file.flush()
+        line = json.dumps(record, default=str) + "\n"
+        try:
+            self._file.write(line)
+            self._file.flush()
+        except OSError as err:
+            if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            from marl.checkpoint import disk_full_error, kept_checkpoint
+
+            raise disk_full_error(self.run_dir, len(line.encode()), kept_checkpoint(self.run_dir), "metrics.jsonl") from None
         self.latest.update(metrics)
         self._console(metrics)
         self._wandb_log(self.step, metrics)
@@ -235,7 +244,10 @@ class RunLogger:
         """Flush and close everything (idempotent). exit_code != 0 marks the W&B run as failed."""
         if self._file is None:
             return
-        self._file.close()
+        try:
+            self._file.close()
+        except OSError:  # a full disk: the write that failed has already raised
+            pass
         self._file = None
         if self._bar is not None:
             self._bar.close()

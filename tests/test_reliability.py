@@ -197,6 +197,34 @@ def test_full_disk_is_one_line_and_keeps_the_last_checkpoint(tmp_path, capsys, m
     assert load_checkpoint(run_dir)["step"] == 256
 
 
+def test_full_disk_while_logging_is_one_line(tmp_path, capsys, monkeypatch):
+    """ENOSPC from the metrics.jsonl write after the checkpoint of step 128 (injected)."""
+    import builtins
+
+    import marl.logging
+
+    run_dir = tmp_path / "run"
+
+    class FillingFile:
+        def __init__(self, f):
+            self.f = f
+
+        def write(self, text):
+            if '"step": 192' in text:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            return self.f.write(text)
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+    monkeypatch.setattr(marl.logging, "open", lambda *a, **kw: FillingFile(builtins.open(*a, **kw)), raising=False)
+    fails(capsys, ["train", *FAST, "--run-dir", str(run_dir), "--steps", "512", "--checkpoint-interval", "128",
+                   "--log-interval", "64", "--eval-interval", "0"],
+          f"no space left on the disk at /", f"to write metrics.jsonl into {run_dir}",
+          "the run keeps its checkpoint of step 128 (continue with --resume)")
+    assert load_checkpoint(run_dir)["step"] == 128
+
+
 # ----------------------------------------------------------------------------- resume flags (issue 16, item 6)
 def test_resume_applies_settings_and_refuses_changes_to_what_is_learned(tmp_path, capsys):
     run_dir = tmp_path / "run"
