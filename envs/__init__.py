@@ -1,10 +1,12 @@
-"""Environments by name: the only package that imports environment libraries.
+"""Environments by name: the only package that imports environment libraries. It lives in the
+repository's envs/ folder and imports as `marl.envs` (pyproject.toml, marl/__init__.py).
 
+    from marl import envs
     env = envs.make("mpe2/simple_spread_v3", N=3)        # a PettingZoo ParallelEnv
     fn = envs.make_factory("builtin/grid", max_steps=10)  # picklable, for worker processes
 
 Turn-based (AEC) envs come back as a `TurnBasedParallel` (one move per step), gymnasium
-envs as one-agent or tuple-space adapters (`envs.adapters`).
+envs as one-agent or tuple-space adapters (`marl.envs.adapters`).
 """
 from __future__ import annotations
 
@@ -21,9 +23,9 @@ from typing import Any, Callable
 
 from pettingzoo import AECEnv, ParallelEnv
 
-from envs.builtin import BUILTINS
-from envs.turn_based import TurnBasedParallel
-from marl.core.errors import MarlError
+from marl.envs.builtin import BUILTINS
+from marl.envs.turn_based import TurnBasedParallel
+from marl.core.errors import DEBUG_ENV, MarlError, first_line
 from marl.core.registry import Registry
 
 ENV_FORMS = [
@@ -36,6 +38,7 @@ ENV_FORMS = [
     "<registered name>              added with envs.register() or the 'marl.envs' entry-point group",
 ]
 ENTRY_POINT_GROUP = "marl.envs"
+FAMILY_EXTRAS = ("sisl", "butterfly", "classic")  # PettingZoo families with a marl extra (pyproject.toml)
 _ENV_MODULE = re.compile(r"[A-Za-z_]+_v[0-9]+")
 _REGISTRY: Registry[Callable[..., Any]] = Registry("env")
 for _name, _factory in BUILTINS.items():
@@ -72,17 +75,20 @@ def make(name: str, **kwargs: Any) -> ParallelEnv:
 def _build(builder: Callable[..., Any], name: str, kwargs: dict) -> ParallelEnv:
     try:
         env = builder(**kwargs)
-    except TypeError as e:
-        if "unexpected keyword argument" in str(e):
-            raise MarlError(f"env '{name}': {e}", "check the keyword arguments the env accepts") from e
+    except MarlError:
         raise
+    except Exception as e:  # noqa: BLE001 - the factory is the user's (or an env library's) code: name it
+        if isinstance(e, TypeError) and "unexpected keyword argument" in str(e):
+            raise MarlError(f"env '{name}': {e}", "check the keyword arguments the env accepts") from e
+        raise MarlError(f"the factory of env '{name}' raised {type(e).__name__}: {first_line(e)}",
+                        f"fix the factory or its --env-kwargs {kwargs}; {DEBUG_ENV}=1 shows the traceback") from e
     if isinstance(env, ParallelEnv):
         return env
     if isinstance(env, AECEnv):
         return TurnBasedParallel(env)
     raise MarlError(
         f"env factory for '{name}' returned {type(env).__name__}, not a PettingZoo ParallelEnv or AECEnv",
-        "return a ParallelEnv/AECEnv (gymnasium envs: use gym/<id> or envs.adapters)",
+        "return a ParallelEnv/AECEnv (gymnasium envs: use gym/<id> or marl.envs.adapters)",
     )
 
 
@@ -92,7 +98,7 @@ def _mpe2(module: str, **kwargs: Any) -> ParallelEnv:
     # same observations, rewards, flags and state (tests/test_envs.py), and it passes
     # parallel_api_test. Continuous actions keep the standard env, whose ClipOutOfBounds
     # wrapper clips actions (raw_env does not).
-    from envs.adapters import CycleParallel
+    from marl.envs.adapters import CycleParallel
 
     kwargs.setdefault("continuous_actions", False)
     mod = importlib.import_module(module)
@@ -120,7 +126,7 @@ def _pettingzoo(module: str, **kwargs: Any) -> ParallelEnv:
 def _gym(env_id: str, **kwargs: Any) -> ParallelEnv:
     import gymnasium
 
-    from envs.adapters import GymParallel
+    from marl.envs.adapters import GymParallel
 
     return GymParallel(gymnasium.make(env_id, **kwargs))
 
@@ -129,7 +135,7 @@ def _lbforaging(env_id: str, **kwargs: Any) -> ParallelEnv:
     import gymnasium
     import lbforaging  # noqa: F401  (registers the Foraging-* ids)
 
-    from envs.adapters import TupleParallel, lbf_split_end
+    from marl.envs.adapters import TupleParallel, lbf_split_end
 
     kwargs.setdefault("disable_env_checker", True)  # the checker warns on the per-agent reward list
     return TupleParallel(gymnasium.make(env_id, **kwargs), split_end=lbf_split_end)
@@ -212,7 +218,9 @@ def _find_module(package: str, module: str, prefix: str) -> str:
         _import_quietly(f"{package}.{module}")
     except ImportError as e:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        fix = f"pip install 'pettingzoo[{package[11:]}]'" if package.startswith("pettingzoo.") else f"pip install {package}"
+        family = package[len("pettingzoo."):] if package.startswith("pettingzoo.") else ""
+        fix = f"pip install 'marl[{family}]'" if family in FAMILY_EXTRAS else \
+            f"pip install 'pettingzoo[{family}]'" if family else f"pip install {package}"
         raise MarlError(f"cannot import env '{prefix}/{module}': {first}", fix) from e
     return f"{package}.{module}"
 

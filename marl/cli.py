@@ -2,42 +2,76 @@
 
 Flags come from the config dataclasses: every TrainConfig field and every field of the chosen
 algorithm's config (two-phase parse: `--algo` first, then its fields), help text = the field
-docstring. A MarlError prints one line `error: ...` and exits 2; Ctrl-C exits 130.
+docstring. A MarlError prints one line `error: ...` and exits 2 (with MARL_DEBUG=1 the traceback
+of its cause first); Ctrl-C exits 130.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import json
+import os
 import re
 import shutil
 import sys
+import traceback
 from pathlib import Path
 from typing import Any
 
 from marl.config import TrainConfig
 from marl.configio import coerce, field_docs, field_types, from_dict, load_yaml, parse_value, positive, to_plain
-from marl.core.errors import MarlError
+from marl.core.errors import DEBUG_ENV, MarlError
 
 _RUN, _ALGO = "run.", "algo."
-_interrupt_hint = ""
+_training: Path | None = None  # the run directory of the `marl train` in progress
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `marl` console script. Returns 0; failures raise SystemExit(2 or 130)."""
-    global _interrupt_hint
+    global _training
     argv = list(sys.argv[1:] if argv is None else argv)
-    _interrupt_hint = ""
+    _training = None
     try:
         parser = build_parser(argv)
         ns = parser.parse_args(argv)
         return ns.func(ns)
     except MarlError as e:
-        print("error: " + " ".join(str(e).split()), file=sys.stderr)
+        _error_line(e, str(e))
         raise SystemExit(getattr(e, "exit_code", 2)) from None
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        where = f" writing {e.filename}" if e.filename else ""
+        _error_line(e, f"no space left on the disk{where} ({os.strerror(e.errno)}); free space there and continue "
+                       "with --resume (the last good checkpoint is kept)")
+        raise SystemExit(2) from None
     except KeyboardInterrupt:
-        print(f"\ninterrupted; the trainer keeps its last checkpoint{_interrupt_hint}", file=sys.stderr)
+        print(f"\ninterrupted{_interrupt_hint(_training)}", file=sys.stderr)
         raise SystemExit(130) from None
+
+
+def _error_line(err: BaseException, line: str) -> None:
+    if os.environ.get(DEBUG_ENV, "").strip() not in ("", "0"):
+        traceback.print_exception(err)
+    print("error: " + " ".join(line.split()), file=sys.stderr)
+
+
+def _interrupt_hint(run_dir: Path | None) -> str:
+    """What an interrupted `marl train` left, true for the state of its run directory."""
+    if run_dir is None:
+        return ""
+    from marl.checkpoint import latest_checkpoint, step_checkpoints
+    from marl.rundir import is_run
+
+    if not is_run(run_dir):
+        return f"; the run had not started: nothing was written to {run_dir}"
+    if latest_checkpoint(run_dir) is None:
+        return (f"; {run_dir} has no checkpoint yet, so there is nothing to resume: start the run again "
+                "(--overwrite replaces what it wrote)")
+    steps = step_checkpoints(run_dir)
+    at = f" (step {steps[-1][0]})" if steps else ""
+    return f"; the run keeps its last checkpoint{at}; continue with: marl train --resume --run-dir {run_dir}"
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter):
@@ -76,14 +110,17 @@ def _add_train(sub, rest: list[str] | None) -> None:
     base_run, base_algo = load_run_config(config_file) if config_file else ({}, {})
     algo = known.algo or base_run.get("algo") or TrainConfig.algo
     entry = ALGOS.get(algo) if (known.algo or "algo" in base_run or algo in ALGOS) else None
+    resuming = config_file and not known.config
     if base_algo and base_run.get("algo", algo) != algo:
-        print(f"note: --algo {algo} differs from {base_run['algo']} in {config_file}; "
-              f"its {base_run['algo']} hyperparameters are not used", file=sys.stderr)
+        if not resuming:  # resuming, the trainer refuses the change of algorithm in one line
+            print(f"note: --algo {algo} differs from {base_run['algo']} in {config_file}; "
+                  f"its {base_run['algo']} hyperparameters are not used", file=sys.stderr)
         base_algo = {}
 
     p = sub.add_parser("train", help="train an algorithm on an environment", formatter_class=_Formatter,
                        allow_abbrev=False, description=_train_description(ALGOS), epilog=_env_help())
-    p.add_argument("--config", metavar="YAML", help="load a saved config.yaml (run + algorithm); flags override it")
+    p.add_argument("--config", metavar="YAML", help="load a saved config.yaml (run + algorithm); flags override it "
+                                                    "(with --resume the run's own config.yaml is the base; see --resume)")
     run_group = p.add_argument_group("run options (TrainConfig)")
     run_flags = _add_fields(run_group, TrainConfig, TrainConfig(), _RUN, set())
     if entry is not None:
@@ -95,7 +132,7 @@ def _add_train(sub, rest: list[str] | None) -> None:
         _add_fields(group, entry.config, defaults, _ALGO, run_flags | {"--config", "--help"})
     else:
         p.add_argument_group(f"{algo} hyperparameters", f"'{algo}' is not registered; pass --algo NAME --help")
-    p.set_defaults(func=_cmd_train, _entry=entry, _base_run=base_run, _base_algo=base_algo)
+    p.set_defaults(func=_cmd_train, _entry=entry, _base_run=base_run, _base_algo=base_algo, _from_config=bool(known.config))
 
 
 def load_run_config(path: str) -> tuple[dict, dict]:
@@ -127,7 +164,7 @@ def _env_help() -> str:
     forms: list[str] = []
     names: list[str] = []
     try:
-        import envs  # written separately; help must work without it
+        from marl import envs  # written separately; help must work without it
 
         forms = list(getattr(envs, "ENV_FORMS", []) or [])
         names = list(envs.names()) if callable(getattr(envs, "names", None)) else []
@@ -177,7 +214,7 @@ def _add_fields(group, cls: type, defaults: Any, prefix: str, taken: set[str]) -
 
 
 def _cmd_train(ns: argparse.Namespace) -> int:
-    global _interrupt_hint
+    global _training
     from marl.algos import ALGOS
 
     given = vars(ns)
@@ -188,16 +225,21 @@ def _cmd_train(ns: argparse.Namespace) -> int:
     cfg = from_dict(TrainConfig, run)
     entry = ns._entry or ALGOS.get(cfg.algo)
     algo_types = field_types(entry.config)
-    overrides = {k: coerce(algo_types[k], v, k) if k in algo_types else v for k, v in ns._base_algo.items()}
+    base_algo = dict(ns._base_algo)
+    if cfg.resume and base_algo:  # the run's own config: a field added since takes the value the run was built with
+        base_algo = {**{k: v for k, v in getattr(entry.config, "saved_defaults", {}).items() if k not in base_algo}, **base_algo}
+    overrides = {k: coerce(algo_types[k], v, k) if k in algo_types else v for k, v in base_algo.items()}
     overrides.update({k[len(_ALGO):]: parse_value(algo_types[k[len(_ALGO):]], v, k[len(_ALGO):])
                       for k, v in given.items() if k.startswith(_ALGO)})
     algo_cfg = entry.make_config(**overrides)
     cfg = dataclasses.replace(cfg, device=check_device(cfg.device))
     positive("steps", cfg.steps)
-    from marl.train import train
+    from marl.train import run_dir_for, train
 
-    _interrupt_hint = f"; continue with: marl train --resume --run-dir {cfg.run_dir or '<run_dir>'}"
-    result = train(cfg, algo_cfg)
+    _training = run_dir_for(cfg)
+    # on --resume, what the resuming call sets: the flags, and a --config file's values
+    set_fields = {k[len(_RUN):] for k in given if k.startswith(_RUN)} | (set(ns._base_run) if ns._from_config else set())
+    result = train(cfg, algo_cfg, set_fields=set_fields)
     _print_result(result)
     return 0
 
@@ -223,7 +265,12 @@ def _cmd_evaluate(ns: argparse.Namespace) -> int:
     device = check_device(ns.device)
     from marl.train import evaluate
 
-    result = evaluate(str(path), episodes=ns.episodes, video=ns.video, device=device, seed=ns.seed)
+    try:
+        result = evaluate(str(path), episodes=ns.episodes, video=ns.video, device=device, seed=ns.seed)
+    except MarlError as err:  # the returns were computed before the video failed: print them first
+        _print_result(getattr(err, "partial", None))
+        sys.stdout.flush()
+        raise
     _print_result(result)
     return 0
 

@@ -26,9 +26,11 @@ class TrainConfig:
     run_dir: str = ""
     """Run directory; empty means runs/<algo>-<env>-s<seed>."""
     overwrite: bool = False
-    """Replace a run directory that already holds a run."""
+    """Replace a run directory that already holds a run (only what marl wrote there is removed; a directory holding other files is refused)."""
     resume: bool = False
-    """Continue the run in run_dir from its latest checkpoint."""
+    """Continue the run in run_dir from its newest checkpoint that loads. The run's config.yaml is the base: settings given with it (steps, device, workers, wandb*, eval_*, log_interval, checkpoint_interval, torch_threads, progress) apply; a flag that changes what is learned (algo, env, env_kwargs, seed, num_envs, any hyperparameter) is refused unless allow_config_change."""
+    allow_config_change: bool = False
+    """With resume: accept flags that change what the run learns, and record them in <run_dir>/config_changes.yaml."""
     eval_interval: int = 10_000
     """Evaluate the greedy policy every this many env steps (0 disables)."""
     eval_episodes: int = 32

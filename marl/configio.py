@@ -8,6 +8,7 @@ import difflib
 import functools
 import inspect
 import json
+import math
 import os
 import re
 import textwrap
@@ -110,7 +111,7 @@ def from_dict(cls: type, d: typing.Mapping[str, Any] | None) -> Any:
         if f.name not in d and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise MarlError(f"{cls.__name__} needs a value for '{f.name}'", f"set {flag(f.name)}")
     types_ = field_types(cls)
-    return cls(**{k: coerce(types_[k], v, k) for k, v in d.items()})
+    return check_finite(cls(**{k: coerce(types_[k], v, k) for k, v in d.items()}))
 
 
 # ----------------------------------------------------------------------------- value parsing
@@ -248,6 +249,19 @@ def _kv(item: str) -> tuple[str, Any]:
 
 
 # ----------------------------------------------------------------------------- validation helpers
+def check_finite(cfg: Any) -> Any:
+    """`cfg` (a config dataclass) when every float in it, in lists and tuples too, is finite;
+    else MarlError naming the field: a NaN or infinite learning rate, coefficient or bound is
+    never meant, and training would fail far from the cause."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        items = value if isinstance(value, (list, tuple)) else (value,)
+        if any(isinstance(v, float) and not math.isfinite(v) for v in items):
+            raise MarlError(f"{flag(f.name)} must be a finite number, got {to_plain(value)!r}",
+                            f"pass {flag(f.name)} with a finite value")
+    return cfg
+
+
 def _bad(name: str, value: Any, need: str) -> MarlError:
     return MarlError(f"{flag(name)} must be {need}, got {value!r}", f"pass {flag(name)} with a value {need}")
 

@@ -1,11 +1,12 @@
 """Run logging: metrics.jsonl (always), a console progress bar or plain lines, and W&B.
 
-W&B never blocks training: `online` without an API key becomes `offline` (one console line),
-init has a timeout, and any W&B failure prints one warning and leaves the JSONL log running.
+W&B never blocks training: `online` without an API key, or whose server does not answer within
+REACH_TIMEOUT seconds, becomes `offline` (one console line), init has a timeout, and any W&B failure prints one warning and leaves the JSONL log running.
 Files land under `<run_dir>/wandb` (WANDB_DIR is set to the run directory).
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import math
@@ -19,11 +20,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from marl.core.errors import MarlError
+from marl.core.errors import MarlError, first_line
 
 WANDB_MODES = ("online", "offline", "disabled")
 # Keys that differ between seeds / reruns of one experiment; left out of the W&B group hash.
-_NOT_IN_GROUP = {"seed", "run_dir", "resume", "overwrite", "progress", "device", "workers", "wandb",
+_NOT_IN_GROUP = {"seed", "run_dir", "resume", "overwrite", "allow_config_change", "progress", "device", "workers", "wandb",
                  "wandb_project", "wandb_entity", "log_interval", "checkpoint_interval"}
 _SHOW = (("train/return_mean", "ret"), ("eval/return_mean", "eval"))
 
@@ -75,7 +76,34 @@ def resolve_wandb_mode(mode: str) -> tuple[str, str | None]:
     if mode == "online" and not has_wandb_key():
         return "offline", ("W&B: no API key (WANDB_API_KEY or ~/.netrc), logging offline instead; "
                            "run `wandb login` to log online, or `wandb sync` the offline run later")
+    if mode == "online" and (problem := _unreachable(_wandb_url(), REACH_TIMEOUT)):
+        return "offline", (f"W&B: cannot reach {_wandb_url()} ({problem}), logging offline instead; "
+                           "`wandb sync` the offline run once the network is back")
     return mode, None
+
+
+REACH_TIMEOUT = 3.0  # seconds to wait for the W&B server before falling back to offline
+
+
+def _wandb_url() -> str:
+    return os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")
+
+
+def _unreachable(url: str, timeout: float) -> str | None:
+    """Why the W&B server at `url` gives no HTTP answer within `timeout` s, or None when it
+    answers (any status). W&B's own init waits its full init_timeout (60 s) for a server it
+    cannot reach."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout).close()
+    except urllib.error.HTTPError:
+        return None  # an answer, if not a welcome one: the server is there
+    except (OSError, ValueError) as err:  # URLError, timeouts, refused connections, bad URLs
+        reason = getattr(err, "reason", err)
+        return f"{type(reason).__name__}: {reason}" if str(reason) else type(reason).__name__
+    return None
 
 
 class RunLogger:
@@ -111,6 +139,11 @@ class RunLogger:
                                               name or self.run_dir.name, init_timeout)
         self._t0 = self._last_print = time.monotonic()  # W&B start-up is not training time
 
+    @property
+    def offset(self) -> int:
+        """Bytes of metrics.jsonl written so far (a checkpoint records it: resume cuts the file back to it)."""
+        return self._file.tell() if self._file is not None else self.path.stat().st_size
+
     # ------------------------------------------------------------------ W&B
     def _init_wandb(self, mode, config, project, entity, group, name, init_timeout):
         try:
@@ -135,7 +168,7 @@ class RunLogger:
             return None
 
     def _warn_wandb(self, what: str, e: BaseException) -> None:
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        reason = first_line(e, 160)
         self._say(f"warning: W&B {what} failed ({type(e).__name__}: {reason}); "
                   f"continuing with {self.path} only", err=True)
 
@@ -193,8 +226,16 @@ class RunLogger:
         self.step = int(step)
         metrics = {str(k): _plain(v) for k, v in metrics.items()}
         record = {"step": self.step, "time_s": round(self._time_offset + time.monotonic() - self._t0, 3), **metrics}
-        self._file.write(json.dumps(record, default=str) + "\n")
-        self._file.flush()
+        line = json.dumps(record, default=str) + "\n"
+        try:
+            self._file.write(line)
+            self._file.flush()
+        except OSError as err:
+            if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            from marl.checkpoint import disk_full_error, kept_checkpoint
+
+            raise disk_full_error(self.run_dir, len(line.encode()), kept_checkpoint(self.run_dir), "metrics.jsonl") from None
         self.latest.update(metrics)
         self._console(metrics)
         self._wandb_log(self.step, metrics)
@@ -203,7 +244,10 @@ class RunLogger:
         """Flush and close everything (idempotent). exit_code != 0 marks the W&B run as failed."""
         if self._file is None:
             return
-        self._file.close()
+        try:
+            self._file.close()
+        except OSError:  # a full disk: the write that failed has already raised
+            pass
         self._file = None
         if self._bar is not None:
             self._bar.close()

@@ -5,10 +5,11 @@ its flags onto the same call.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 import re
-import shutil
+import sys
 import time
 from dataclasses import replace
 from functools import partial
@@ -17,16 +18,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import envs
+from marl import envs
 from marl.algos import ALGOS
-from marl.checkpoint import latest_checkpoint, load_checkpoint, save_step_checkpoint
+from marl.checkpoint import kept_checkpoint, load_newest, remove_stale_temp_files, resolve_checkpoint, save_step_checkpoint, step_checkpoints
 from marl.config import TrainConfig
-from marl.configio import check_choices, from_dict, load_yaml, save_yaml, to_dict
+from marl.configio import check_choices, flag, from_dict, load_yaml, save_yaml, to_dict
 from marl.core.errors import MarlError, check
 from marl.core.evaluator import BackgroundEvaluator, Evaluator
+from marl.core.tempdirs import remove_stale_mp_dirs
 from marl.core.rollout import Collector, evaluate as run_episodes
 from marl.core.vec import EpisodeStats, VecEnv
 from marl.logging import RunLogger, config_group
+from marl.rundir import RunLock, check_run_dir, clear_run, mark
 
 EVAL_SEED_OFFSET = 1_000_003
 MAX_EVAL_ENVS = 128
@@ -59,22 +62,11 @@ def episode_metrics(prefix: str, episodes: list[EpisodeStats], agents: tuple[str
     return out
 
 
-def _run_dir(cfg: TrainConfig) -> Path:
+def run_dir_for(cfg: TrainConfig) -> Path:
     if cfg.run_dir:
         return Path(cfg.run_dir)
     env = cfg.env.replace("/", "-").replace(":", "-")
     return Path("runs") / f"{cfg.algo}-{env}-s{cfg.seed}"
-
-
-def _check_run_dir(path: Path, cfg: TrainConfig) -> bool:
-    """Refuse a run directory that holds a run unless resuming or overwriting; True if it holds one."""
-    holds_run = (path / "config.yaml").exists() or (path / "metrics.jsonl").exists()
-    if cfg.resume:
-        check(holds_run, f"run directory {path} holds no run to resume", "drop --resume to start a new run there")
-    else:
-        check(not holds_run or cfg.overwrite, f"run directory {path} already holds a run",
-              "pass --resume to continue it, --overwrite to replace it, or another --run-dir")
-    return holds_run
 
 
 def _finite(module: torch.nn.Module) -> bool:
@@ -97,6 +89,91 @@ def _set_rng_state(state: dict) -> None:
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
+
+
+def _resume_checkpoint(run_dir: Path) -> tuple[Path, dict]:
+    """The newest checkpoint of a run that loads (one note line when a newer one did not)."""
+    check(bool(step_checkpoints(run_dir)) or (run_dir / "checkpoints" / "latest.pt").is_file(),
+          f"run directory {run_dir} has no checkpoint to resume from (the run stopped before its first one, or they were deleted)",
+          "start a new run in another --run-dir (--overwrite would replace this one, its metrics.jsonl included)")
+    path, payload, note = load_newest(run_dir)
+    if note:
+        print(note, file=sys.stderr)
+    return path, payload
+
+
+def _claim_run_dir(run_dir: Path, cfg: TrainConfig, holds_run: bool) -> RunLock:
+    """Lock the run directory for this run, check it again under the lock (another run may have
+    written it since), clear it for --overwrite, and mark it as marl's."""
+    lock = RunLock(run_dir)
+    try:
+        check_run_dir(run_dir, cfg.resume, cfg.overwrite or holds_run)
+        remove_stale_temp_files(run_dir)  # safe now: no other process writes here
+        remove_stale_mp_dirs()  # forkserver folders of killed runs
+        if holds_run and not cfg.resume:  # --overwrite, and everything validated: only now is the old run removed
+            clear_run(run_dir)
+        mark(run_dir)
+    except BaseException:
+        lock.release()
+        raise
+    return lock
+
+
+def _rewind_metrics(run_dir: Path, size: int | None) -> None:
+    """Cut metrics.jsonl back to what it held when the checkpoint was written: the resumed run
+    logs the later rows again (the same rows, since the resume is exact), so none is doubled."""
+    path = run_dir / "metrics.jsonl"
+    if size is not None and path.is_file() and path.stat().st_size > size:
+        with open(path, "r+b") as f:
+            f.truncate(size)
+
+
+# TrainConfig fields that do not change what is learned: a resume applies them as given
+RESUME_SETTINGS = frozenset({"steps", "workers", "device", "run_dir", "overwrite", "resume", "allow_config_change",
+                             "eval_interval", "eval_episodes", "eval_num_envs", "checkpoint_interval", "log_interval",
+                             "wandb", "wandb_project", "wandb_entity", "torch_threads", "progress"})
+
+
+def resumed_configs(saved: dict, cfg: TrainConfig, algo_cfg, set_fields=None) -> tuple[TrainConfig, object, dict]:
+    """(run config, algorithm config, changes) for resuming the run saved as `saved` (its
+    config.yaml). The saved run config is the base; the fields of `cfg` named in `set_fields`
+    (None: those that differ from TrainConfig's defaults) replace its values. Settings
+    (RESUME_SETTINGS) apply; a field that changes what is learned (algorithm, env, seed,
+    num_envs, any hyperparameter of `algo_cfg`; None keeps the saved algorithm config) is
+    refused unless `cfg.allow_config_change`. `changes` maps each such field to (saved, new)."""
+    saved_cfg = from_dict(TrainConfig, saved["train"])
+    default = TrainConfig()
+    names = set(set_fields) if set_fields is not None else \
+        {f.name for f in dataclasses.fields(TrainConfig) if getattr(cfg, f.name) != getattr(default, f.name)}
+    cfg = replace(saved_cfg, **{**{k: getattr(cfg, k) for k in names}, "resume": True})
+    saved_algo = to_dict(_saved_algo_config(ALGOS.get(saved_cfg.algo), saved["algo"]))
+    entry = ALGOS.get(cfg.algo)
+    if algo_cfg is None:
+        algo_cfg = from_dict(entry.config, saved_algo) if cfg.algo == saved_cfg.algo else entry.make_config()
+    old_run, new_run, new_algo = to_dict(saved_cfg), to_dict(cfg), to_dict(algo_cfg)
+    changes = {k: (old_run[k], new_run[k]) for k in old_run if k not in RESUME_SETTINGS and old_run[k] != new_run[k]}
+    changes.update({k: (saved_algo.get(k), v) for k, v in new_algo.items() if saved_algo.get(k) != v})
+    if changes and not cfg.allow_config_change:
+        name, (old, new) = next(iter(changes.items()))
+        more = f" (and {len(changes) - 1} more)" if len(changes) > 1 else ""
+        raise MarlError(f"--resume: {flag(name)} {_show(new)} differs from the run's {_show(old)}{more}, which changes what "
+                        "the run learns", f"start a new run from its config (marl train --config {cfg.run_dir or '<run_dir>'}/config.yaml "
+                        f"{flag(name)} {_show(new)} --run-dir NEW), or pass --allow-config-change to change this run "
+                        "(recorded in its config_changes.yaml)")
+    return cfg, algo_cfg, changes
+
+
+def _show(value) -> str:
+    return ",".join(map(str, value)) if isinstance(value, list) else str(value)
+
+
+def _record_changes(run_dir: Path, step: int, changes: dict) -> None:
+    """Append a resume's accepted config changes to <run_dir>/config_changes.yaml."""
+    path = run_dir / "config_changes.yaml"
+    history = load_yaml(path) if path.is_file() else []
+    history = (history if isinstance(history, list) else []) + [
+        {"step": step, "changes": {k: {"from": old, "to": new} for k, (old, new) in changes.items()}}]
+    save_yaml(path, history)
 
 
 def build(cfg: TrainConfig, algo_cfg, device: torch.device):
@@ -132,20 +209,20 @@ def _evaluator(cfg: TrainConfig, entry, algo_cfg, make_fn, spec, device: torch.d
     return BackgroundEvaluator(make_fn, spec, policy, num_envs, cfg.eval_episodes, seed)
 
 
-def train(cfg: TrainConfig, algo_cfg=None) -> dict:
-    """Train `cfg.algo` on `cfg.env`; returns the final metrics. See TrainConfig for fields."""
+def train(cfg: TrainConfig, algo_cfg=None, set_fields=None) -> dict:
+    """Train `cfg.algo` on `cfg.env`; returns the final metrics. See TrainConfig for fields.
+
+    With `cfg.resume` the run's saved config is the base and `cfg` changes only the fields named
+    in `set_fields` (None: those not at TrainConfig's defaults); see `resumed_configs`."""
     entry = ALGOS.get(cfg.algo)
-    run_dir = _run_dir(cfg)
+    run_dir = run_dir_for(cfg)
     resume_from = None
-    holds_run = _check_run_dir(run_dir, cfg)
+    holds_run = check_run_dir(run_dir, cfg.resume, cfg.overwrite)
+    changes: dict = {}
     if cfg.resume:
-        resume_from = latest_checkpoint(run_dir)
-        check(resume_from is not None, f"run directory {run_dir} has no checkpoint to resume from", "start a new run with --overwrite")
-        resume_ckpt = load_checkpoint(resume_from)  # a corrupt checkpoint fails here, before the run dir is touched
-        saved = load_yaml(run_dir / "config.yaml")
-        cfg = replace(from_dict(TrainConfig, saved["train"]), resume=True, steps=max(cfg.steps, saved["train"]["steps"]))
-        entry = ALGOS.get(cfg.algo)  # the run's own algorithm, whatever the resuming call named
-        algo_cfg = _saved_algo_config(entry, saved["algo"])
+        resume_from, resume_ckpt = _resume_checkpoint(run_dir)  # a corrupt checkpoint fails here, before the run dir is touched
+        cfg, algo_cfg, changes = resumed_configs(load_yaml(run_dir / "config.yaml"), cfg, algo_cfg, set_fields)
+        entry = ALGOS.get(cfg.algo)
     algo_cfg = algo_cfg if algo_cfg is not None else entry.make_config()
     check(cfg.seed >= 0, f"seed must be >= 0, got {cfg.seed}", "pass --seed 0 or more")
     check(cfg.eval_num_envs >= 0, f"eval_num_envs must be >= 0, got {cfg.eval_num_envs}", "pass --eval-num-envs 0 (one env per episode) or more")
@@ -155,28 +232,42 @@ def train(cfg: TrainConfig, algo_cfg=None) -> dict:
     if cfg.torch_threads > 0:
         torch.set_num_threads(cfg.torch_threads)
     make_fn, vec, learner = build(cfg, algo_cfg, device)
-    if holds_run and not cfg.resume:  # --overwrite, and everything above validated: only now is the old run removed
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        lock = _claim_run_dir(run_dir, cfg, holds_run)
+    except BaseException:
+        vec.close()
+        raise
     config = {"train": to_dict(cfg), "algo": {"name": cfg.algo, **to_dict(algo_cfg)}}
-    # resume/overwrite are actions of this invocation, not settings: `--config <this file>` must not repeat them
-    save_yaml(run_dir / "config.yaml", {"train": to_dict(replace(cfg, resume=False, overwrite=False)), "algo": to_dict(algo_cfg)})
-    collector = Collector(vec, learner, device)
-    step = updates = 0
-    if resume_from is not None:
-        ckpt = resume_ckpt
-        _load_model(learner, ckpt["model"], resume_from)
-        learner.load_extra_state(ckpt["extra"])
-        collector.load_state_dict(ckpt["collector"])
-        _set_rng_state(ckpt["rng"])
-        step, updates = ckpt["step"], ckpt["updates"]
-    group = config_group({**config["train"], "algo_config": config["algo"]})
-    logger = RunLogger(run_dir, config, wandb_mode=cfg.wandb, project=cfg.wandb_project, entity=cfg.wandb_entity,
-                       group=group, name=run_dir.name, total_steps=cfg.steps, progress=cfg.progress, start_step=step)
-    evals = _evaluator(cfg, entry, algo_cfg, make_fn, vec.spec, device) if cfg.eval_interval > 0 else None
+    logger = None
+    try:
+        # resume/overwrite are actions of this invocation, not settings: `--config <this file>` must not repeat them
+        save_yaml(run_dir / "config.yaml", {"train": to_dict(replace(cfg, resume=False, overwrite=False, allow_config_change=False)),
+                                            "algo": to_dict(algo_cfg)})
+        collector = Collector(vec, learner, device)
+        step = updates = 0
+        last = {"log": 0, "eval": 0, "ckpt": 0}
+        if resume_from is not None:
+            ckpt = resume_ckpt
+            _load_model(learner, ckpt["model"], resume_from)
+            learner.load_extra_state(ckpt["extra"])
+            collector.load_state_dict(ckpt["collector"])
+            _set_rng_state(ckpt["rng"])
+            step, updates = ckpt["step"], ckpt["updates"]
+            last = {**dict.fromkeys(last, step), **ckpt.get("schedule", {})}
+            _rewind_metrics(run_dir, ckpt.get("metrics_bytes"))
+            if changes:
+                _record_changes(run_dir, step, changes)
+        group = config_group({**config["train"], "algo_config": config["algo"]})
+        logger = RunLogger(run_dir, config, wandb_mode=cfg.wandb, project=cfg.wandb_project, entity=cfg.wandb_entity,
+                           group=group, name=run_dir.name, total_steps=cfg.steps, progress=cfg.progress, start_step=step)
+        evals = _evaluator(cfg, entry, algo_cfg, make_fn, vec.spec, device) if cfg.eval_interval > 0 else None
+    except BaseException:
+        for close in (vec.close, lock.release, *((logger.close,) if logger is not None else ())):
+            close()
+        raise
     per_update = algo_cfg.rollout_len * cfg.num_envs
-    window: list[EpisodeStats] = []
-    last = {"log": step, "eval": step, "ckpt": step}
+    # episodes finished since the last log row (a resumed run continues the checkpoint's)
+    window: list[EpisodeStats] = list(resume_ckpt.get("window", [])) if resume_from is not None else []
     t_start, steps_at_start = time.perf_counter(), step
     train_time = 0.0
     final: dict = {}
@@ -196,12 +287,14 @@ def train(cfg: TrainConfig, algo_cfg=None) -> dict:
 
     def save() -> None:
         # an evaluation of this very step may still run: the checkpoint says so, and a resumed
-        # run redoes it (its parameters are the checkpoint's); the run's last one is logged first
-        if step >= cfg.steps:
+        # run redoes it (its parameters are the checkpoint's); one of an earlier step (other
+        # parameters) and the run's last one are logged first
+        if step >= cfg.steps or (evals is not None and any(at < step for at in evals.pending)):
             log_evals()
         payload = {"version": 1, "step": step, "updates": updates, "model": learner.state_dict(), "extra": learner.extra_state(),
                    "collector": collector.state_dict(), "rng": _rng_state(), "config": {"train": to_dict(cfg), "algo": to_dict(algo_cfg)},
-                   "eval_pending": evals is not None and bool(evals.pending)}
+                   "eval_pending": evals is not None and bool(evals.pending),
+                   "schedule": dict(last), "metrics_bytes": logger.offset, "window": list(window)}
         save_step_checkpoint(run_dir, step, payload)
 
     exit_code = 1
@@ -215,8 +308,9 @@ def train(cfg: TrainConfig, algo_cfg=None) -> dict:
             bad = sorted(k for k, v in metrics.items() if not math.isfinite(v))
             if not bad and not _finite(learner):
                 bad = ["parameters"]  # never checkpoint a diverged model
-            check(not bad, f"training diverged: {', '.join(bad)} became non-finite at env step {step + per_update}",
-                  "lower --lr (or --max-grad-norm); the run's last good checkpoint is kept")
+            if bad:
+                raise MarlError(f"training diverged: {', '.join(bad)} became non-finite at env step {step + per_update}",
+                                f"lower --lr (or --max-grad-norm); {kept_checkpoint(run_dir)}")
             train_time += time.perf_counter() - t0
             step += per_update
             updates += 1
@@ -240,6 +334,7 @@ def train(cfg: TrainConfig, algo_cfg=None) -> dict:
         vec.close()
         if evals is not None:
             evals.close()
+        lock.release()
     return {"step": step, "run_dir": str(run_dir), **final}
 
 
@@ -266,8 +361,14 @@ def _load_model(learner: torch.nn.Module, state: dict, path) -> None:
 def evaluate(checkpoint: str, episodes: int = 32, video: str = "", device: str = "auto", seed: int | None = None) -> dict:
     """Load a checkpoint, run `episodes` greedy episodes, optionally render one to `video`.
     The episodes are those the run's own evaluations ran (with as many episodes), or with
-    `seed` those of a run with that seed."""
-    ckpt = load_checkpoint(checkpoint)
+    `seed` those of a run with that seed. A run directory (or its latest.pt) means its newest
+    checkpoint that loads. When the video fails, the MarlError carries the returns (`.partial`)."""
+    if video:
+        folder = Path(video).parent
+        check(folder.is_dir(), f"--video {video}: the folder {folder} does not exist", "create it first, or write the video into an existing folder")
+    path, ckpt, note = resolve_checkpoint(checkpoint)
+    if note:
+        print(note, file=sys.stderr)
     saved = ckpt["config"]
     cfg = from_dict(TrainConfig, saved["train"])
     check(seed is None or seed >= 0, f"seed must be >= 0, got {seed}", "pass --seed 0 or more")
@@ -277,7 +378,7 @@ def evaluate(checkpoint: str, episodes: int = 32, video: str = "", device: str =
     dev = resolve_device(device)
     make_fn, vec, learner = build(replace(cfg, workers=0), algo_cfg, dev)
     vec.close()  # the training envs: built for the spec and the config's checks
-    _load_model(learner, ckpt["model"], checkpoint)
+    _load_model(learner, ckpt["model"], path)
     vec = VecEnv(make_fn, _eval_envs(cfg, episodes), seed=eval_seed, workers=0, spec=vec.spec)
     try:
         eps = run_episodes(vec, learner, episodes, dev, seed=eval_seed)
@@ -287,6 +388,9 @@ def evaluate(checkpoint: str, episodes: int = 32, video: str = "", device: str =
     if video:
         from marl.video import record_video
 
-        out["video"] = record_video(cfg.env, cfg.env_kwargs, learner, dev, video, seed=eval_seed)
+        try:
+            out["video"] = record_video(cfg.env, cfg.env_kwargs, learner, dev, video, seed=eval_seed)
+        except MarlError as err:
+            err.partial = out
+            raise
     return out
-

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,8 +19,8 @@ import torch
 from gymnasium import spaces
 from pettingzoo import ParallelEnv
 
-import envs
-from envs.builtin.identity import Identity
+from marl import envs
+from marl.envs.builtin.identity import Identity
 from marl.algos import ALGOS
 from marl.algos.onpolicy import OnPolicyConfig
 from marl.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
@@ -346,26 +347,56 @@ def test_existing_run_is_refused_and_untouched_then_overwritten(tmp_path, capsys
 
 
 def test_resume_without_a_checkpoint(run, tmp_path, capsys):
-    run_dir = tmp_path / "run"
-    run_dir.mkdir()
-    (run_dir / "config.yaml").write_bytes((run / "config.yaml").read_bytes())
-    fails(capsys, ["train", "--resume", "--run-dir", str(run_dir), "--steps", "1024"],
-          f"run directory {run_dir} has no checkpoint to resume from", "--overwrite")
-    assert snapshot(run_dir) == {"config.yaml": (run / "config.yaml").read_bytes()}
-    fails(capsys, ["train", "--resume", "--run-dir", str(tmp_path / "empty")], "holds no run to resume", "drop --resume")
-
-
-def test_corrupt_checkpoint_fails_resume_and_evaluate(tmp_path, capsys):
+    """A run whose checkpoints are gone: the hint names a fix that keeps its metrics.jsonl."""
     run_dir = tmp_path / "run"
     assert train(run_dir, "--steps", "128") == 0
-    latest = latest_checkpoint(run_dir)
-    data = latest.read_bytes()
-    latest.write_bytes(data[: len(data) // 2])  # cut short in place
+    shutil.rmtree(run_dir / "checkpoints")
     before = snapshot(run_dir)
-    fails(capsys, ["train", "--resume", "--run-dir", str(run_dir), "--steps", "256"],
-          f"checkpoint {latest} is corrupt", "checkpoints/latest.pt")
+    fails(capsys, ["train", "--resume", "--run-dir", str(run_dir), "--steps", "1024"],
+          f"run directory {run_dir} has no checkpoint to resume from", "another --run-dir",
+          "--overwrite would replace this one, its metrics.jsonl included")
+    assert snapshot(run_dir) == before
+    fails(capsys, ["train", "--resume", "--run-dir", str(tmp_path / "empty")], "holds no run to resume", "drop --resume")
+    copied = tmp_path / "copied"  # a config.yaml alone is not a run
+    copied.mkdir()
+    (copied / "config.yaml").write_bytes((run / "config.yaml").read_bytes())
+    fails(capsys, ["train", "--resume", "--run-dir", str(copied)], "holds no run to resume")
+
+
+def test_damaged_checkpoints_fall_back_to_the_newest_that_loads(tmp_path, capsys):
+    """latest.pt is an independent copy: truncating it and the newest step file leaves the
+    step before, which resume and evaluate use with one note line. When none loads, one whole
+    error line (no word cut) and the run directory as it was."""
+    run_dir = tmp_path / "run"
+    assert train(run_dir, "--steps", "256", "--checkpoint-interval", "128") == 0
+    folder = run_dir / "checkpoints"
+    assert (folder / "latest.pt").stat().st_ino != (folder / "step_256.pt").stat().st_ino  # not a hard link
+    for name in ("latest.pt", "step_256.pt"):
+        data = (folder / name).read_bytes()
+        (folder / name).write_bytes(data[: len(data) // 2])  # cut short in place
+    assert load_checkpoint(folder / "step_128.pt")["step"] == 128  # the other copy took no damage
+    capsys.readouterr()
+    assert main(["evaluate", "--checkpoint", str(folder / "latest.pt"), "--episodes", "4", "--device", "cpu"]) == 0
+    out = capsys.readouterr()
+    note = out.err.strip().splitlines()
+    assert len(note) == 1 and note[0].startswith("note: latest.pt, step_256.pt in") and note[0].endswith("using step_128.pt (step 128)"), note
+    assert "eval/return_mean" in out.out
+    assert main(["train", "--resume", "--run-dir", str(run_dir), "--steps", "384"]) == 0
+    assert load_checkpoint(folder / "latest.pt")["step"] == 384
+    # rows logged after step 128 were cut back and logged again by the resumed run, once each
+    assert steps_of(run_dir, "train/return_mean") == [384] and steps_of(run_dir, "eval/return_mean") == [0, 256, 384]
+    for path in folder.glob("*.pt"):
+        path.write_bytes(path.read_bytes()[:100])
+    before = snapshot(run_dir)
+    for argv in (["train", "--resume", "--run-dir", str(run_dir), "--steps", "512"],
+                 ["evaluate", "--checkpoint", str(run_dir), "--device", "cpu"]):
+        line = fails(capsys, argv, f"checkpoint {folder / 'latest.pt'} is corrupt", "checkpoints/latest.pt")
+        reason = line.split("(RuntimeError: ", 1)[1].rsplit(" ...)", 1)[0]
+        with pytest.raises(RuntimeError) as info:
+            torch.load(folder / "latest.pt", weights_only=False)
+        full = " ".join(str(info.value).split())
+        assert full.startswith(reason) and full[len(reason)] in " .,;:", (reason, full)  # cut between words
     assert snapshot(run_dir) == before  # config.yaml and metrics.jsonl as they were
-    fails(capsys, ["evaluate", "--checkpoint", str(latest), "--device", "cpu"], f"checkpoint {latest} is corrupt")
     fails(capsys, ["evaluate", "--checkpoint", str(tmp_path / "missing.pt")], "is missing")
 
 
@@ -445,6 +476,10 @@ def test_diverging_training_stops_with_one_line_and_keeps_the_checkpoint(tmp_pat
     run_dir = tmp_path / "run"
     argv = ["train", *SMALL, "--algo", "ippo", "--run-dir", str(run_dir), "--steps", "4096",
             "--checkpoint-interval", "64", "--lr", "100"]
-    fails(capsys, argv, "training diverged", "non-finite", "--lr")
+    line = fails(capsys, argv, "training diverged", "non-finite", "--lr")
     ckpt = latest_checkpoint(run_dir)
     assert ckpt is not None and all(torch.isfinite(v).all() for v in load_checkpoint(ckpt)["model"].values() if v.is_floating_point())
+    assert f"the run keeps its checkpoint of step {load_checkpoint(ckpt)['step']} (continue with --resume)" in line
+    # diverging before the first checkpoint: the hint does not promise one
+    fails(capsys, [*argv[:-2], "--lr", "1e30", "--checkpoint-interval", "100000", "--run-dir", str(tmp_path / "early")],
+          "training diverged", "the run has no checkpoint yet")

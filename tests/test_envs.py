@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from pettingzoo.test import parallel_api_test
 
-import envs
-from envs.turn_based import TurnBasedParallel
+from marl import envs
+from marl.envs.turn_based import TurnBasedParallel
 from marl.core.errors import MarlError
 from marl.core.spec import EnvSpec
 
@@ -207,13 +207,13 @@ def test_lbforaging_missing_names_extra(monkeypatch):
 
 
 def test_module_factory_form():
-    env = envs.make("envs.builtin.grid:Grid", size=4)
+    env = envs.make("marl.envs.builtin.grid:Grid", size=4)
     assert env.size == 4
     assert isinstance(envs.make("pettingzoo.classic.connect_four_v3:env"), TurnBasedParallel)
     with pytest.raises(MarlError, match="not a PettingZoo"):
         envs.make("collections:OrderedDict")
     with pytest.raises(MarlError, match="cannot load"):
-        envs.make("envs.builtin.grid:NoSuchThing")
+        envs.make("marl.envs.builtin.grid:NoSuchThing")
 
 
 def test_register_and_names():
@@ -232,7 +232,7 @@ def test_register_and_names():
 
 def test_entry_point_group(monkeypatch):
     real = importlib.metadata.entry_points
-    ep = importlib.metadata.EntryPoint(name="ext/grid", value="envs.builtin.grid:Grid", group="marl.envs")
+    ep = importlib.metadata.EntryPoint(name="ext/grid", value="marl.envs.builtin.grid:Grid", group="marl.envs")
 
     def fake(**kw):
         return [ep] if kw.get("group") == "marl.envs" else real(**kw)
@@ -244,7 +244,7 @@ def test_entry_point_group(monkeypatch):
 
 def test_factories_pickle():
     for name, kw in [("builtin/identity", {"hetero": True}), ("mpe2/simple_spread_v3", {"N": 2}),
-                     ("gym/CartPole-v1", {}), ("envs.builtin.grid:Grid", {"size": 3})]:
+                     ("gym/CartPole-v1", {}), ("marl.envs.builtin.grid:Grid", {"size": 3})]:
         factory = pickle.loads(pickle.dumps(envs.make_factory(name, **kw)))
         assert factory.env_name == name
         factory().reset(seed=0)

@@ -165,6 +165,7 @@ def test_wandb_group_and_online_fallback(tmp_path, monkeypatch):
     assert mode == "offline" and "offline" in note
     (tmp_path / "netrc").write_text("machine api.wandb.ai login user password abc123\n")
     monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))
+    monkeypatch.setattr("marl.logging._unreachable", lambda url, timeout: None)  # as if the server answered
     assert resolve_wandb_mode("online") == ("online", None)
     with pytest.raises(MarlError):
         resolve_wandb_mode("sometimes")

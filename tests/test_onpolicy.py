@@ -42,7 +42,7 @@ def test_popart_option_learns(tmp_path):
 def test_team_value_critic_takes_the_state_once(recurrent):
     """MLP central critic + team reward: no agent id, one value per env step shared by all agents;
     with per-agent rewards each agent keeps its own value (agent id appended)."""
-    import envs
+    from marl import envs
     from marl.core.rollout import to_tensors
     from marl.core.vec import VecEnv
 
@@ -75,7 +75,7 @@ def test_set_critic_reads_every_agent_and_a_state_beyond_them(env, recurrent):
     step with the team reward, one per agent with their own. mpe2 declares its state to be
     the concatenated observations, so the critic ignores it; identity does not, so its state
     joins the pooled embedding."""
-    import envs
+    from marl import envs
     from marl.core.rollout import to_tensors
     from marl.core.vec import VecEnv
 
@@ -109,7 +109,7 @@ def test_rollout_values_match_a_step_by_step_unroll(algo, recurrent):
     next step's otherwise. A recurrent critic reads a final observation with the state
     carried to it (before the reset) and the observation after the rollout with the state
     carried there, not with a zero state."""
-    import envs
+    from marl import envs
     from marl.core.rollout import Collector, reset_hidden
     from marl.core.vec import VecEnv
 
@@ -138,7 +138,7 @@ def test_value_clip_is_centred_on_the_critics_own_output(popart):
     (MAPPO's value_preds). At the first minibatch of an update the critic has not moved, so
     the centre equals its output and no sample loses its value gradient to the clip, however
     far the value statistics moved on this rollout's returns."""
-    import envs
+    from marl import envs
     from marl.core.rollout import Collector
     from marl.core.vec import VecEnv
 
@@ -240,7 +240,7 @@ def test_evaluation_not_logged_at_a_checkpoint_is_redone_on_resume(tmp_path, wor
     written = 1 + next(i for i, line in enumerate(lines) if json.loads(line)["step"] == 1600)  # the train row of 1600
     assert "eval/return_mean" not in lines[written - 1]
     (crashed / "metrics.jsonl").write_text("".join(lines[:written]))
-    train(TrainConfig(run_dir=str(crashed), resume=True, steps=3200, **FAST))
+    train(TrainConfig(run_dir=str(crashed), resume=True, steps=3200))  # the rest from the run
     assert _metrics(crashed) == _metrics(full)
 
 
@@ -250,7 +250,7 @@ def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, algo_kw):
               checkpoint_interval=1600, log_interval=800, algo_kw=algo_kw)
     _run(tmp_path, "full", steps=4800, **kw)
     _run(tmp_path, "split", steps=1600, **kw)
-    cfg = TrainConfig(run_dir=str(tmp_path / "split"), resume=True, steps=4800, **FAST)
+    cfg = TrainConfig(run_dir=str(tmp_path / "split"), resume=True, steps=4800)  # the rest from the run
     train(cfg)
     full, split = _metrics(tmp_path / "full"), _metrics(tmp_path / "split")
     assert [r["step"] for r in split] == [r["step"] for r in full]

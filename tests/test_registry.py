@@ -2,7 +2,7 @@
 built-in env (and mpe2), and every trained run can be evaluated and rendered."""
 import pytest
 
-import envs
+from marl import envs
 from marl.algos import ALGOS
 from marl.config import TrainConfig
 from marl.core.vec import VecEnv

@@ -3,7 +3,7 @@ padding, masks from infos, worker processes, exact env snapshots, env errors."""
 import numpy as np
 import pytest
 
-import envs
+from marl import envs
 from marl.core.errors import EnvStepError
 from marl.core.vec import VecEnv, env_seeds
 
@@ -151,7 +151,7 @@ def test_workers_from_a_program_on_stdin_fail_with_one_line():
     import subprocess
     import sys
 
-    program = "import envs\nfrom marl.core.vec import VecEnv\nVecEnv(envs.make_factory('builtin/identity'), 2, workers=2)\n"
+    program = "from marl import envs\nfrom marl.core.vec import VecEnv\nVecEnv(envs.make_factory('builtin/identity'), 2, workers=2)\n"
     proc = subprocess.run([sys.executable, "-"], input=program, capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0
     assert "MarlError: env worker processes cannot start from a program read from <stdin>" in proc.stderr

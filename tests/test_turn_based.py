@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-import envs
+from marl import envs
 from marl.algos import ALGOS
 from marl.algos.onpolicy import OnPolicyLearner
 from marl.algos.qlearning import QLearner

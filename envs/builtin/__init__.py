@@ -4,10 +4,10 @@ from __future__ import annotations
 from functools import partial
 from typing import Callable
 
-from envs.builtin.grid import Grid
-from envs.builtin.identity import Identity
-from envs.builtin.matrix import PRESETS, MatrixGame
-from envs.builtin.target import Target
+from marl.envs.builtin.grid import Grid
+from marl.envs.builtin.identity import Identity
+from marl.envs.builtin.matrix import PRESETS, MatrixGame
+from marl.envs.builtin.target import Target
 
 BUILTINS: dict[str, Callable] = {
     "matrix": MatrixGame,

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 from gymnasium import spaces
 
-from envs.builtin.base import BuiltinEnv
+from marl.envs.builtin.base import BuiltinEnv
 
 MOVES = np.array([[0, 0], [-1, 0], [1, 0], [0, -1], [0, 1]])  # stay, up, down, left, right
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 from gymnasium import spaces
 
-from envs.builtin.base import BuiltinEnv
+from marl.envs.builtin.base import BuiltinEnv
 
 
 class Identity(BuiltinEnv):

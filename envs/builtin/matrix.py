@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 from gymnasium import spaces
 
-from envs.builtin.base import BuiltinEnv
+from marl.envs.builtin.base import BuiltinEnv
 
 # payoff[a0][a1]; the presets are registered as builtin/<key>
 PRESETS = {

@@ -77,7 +77,7 @@ class OnPolicyConfig:
     """Parameter sharing: 'all', 'none' or a group id per agent such as 0,0,1."""
     agent_id: bool = True
     """Append a one-hot agent id to network inputs (useful when sharing)."""
-    hidden: tuple = (64, 64)
+    hidden: tuple[int, ...] = (64, 64)
     """Hidden layer sizes of actor and critic."""
     activation: Literal["tanh", "relu"] = "tanh"
     """Hidden activation: tanh or relu."""
@@ -104,6 +104,8 @@ class OnPolicyConfig:
         for name in ("lr", "rollout_len", "epochs", "minibatches"):
             value = getattr(self, name)
             check(value > 0, f"{name} must be positive, got {value}", f"pass a positive --{name.replace('_', '-')}")
+        check(len(self.hidden) > 0 and all(h > 0 for h in self.hidden), f"hidden sizes must be positive, got {list(self.hidden)}",
+              "pass --hidden with one or more positive layer widths, e.g. 64,64")
         check(0 <= self.gamma <= 1 and 0 <= self.gae_lambda <= 1, "gamma and gae_lambda must lie in [0, 1]", "pass values such as --gamma 0.99 --gae-lambda 0.95")
         check(self.clip >= 0 and self.value_clip >= 0, "clip and value_clip must be >= 0", "pass --clip 0.2 (or 0 for A2C)")
         units = rollout_envs if self.recurrent else rollout_envs * self.rollout_len

@@ -92,7 +92,7 @@ class QConfig:
     """Parameter sharing of the agent networks: 'all', 'none' or a group id per agent such as 0,0,1."""
     agent_id: bool = True
     """Append a one-hot agent id to the agent network inputs (useful when sharing)."""
-    hidden: tuple = (64, 64)
+    hidden: tuple[int, ...] = (64, 64)
     """Hidden sizes of the agent networks (recurrent: first layer size, GRU size, then head layers)."""
     reward: Literal["agent", "sum", "mean"] = "agent"
     """Reward each learner sees: 'agent' (its own; VDN/QMIX/QTRAN then need the agents' rewards to be equal), 'sum' or 'mean' over agents (a team reward)."""

@@ -9,6 +9,7 @@ from typing import Any, Iterator, Mapping, Protocol, runtime_checkable
 
 import torch
 
+from marl.configio import check_finite
 from marl.core.errors import MarlError
 from marl.core.registry import Registry
 from marl.core.rollout import Policy
@@ -73,7 +74,7 @@ class AlgoEntry:
         unknown = sorted(set(overrides) - names)
         if unknown:
             raise MarlError(f"unknown hyperparameter(s) {unknown} for {self.config.__name__}", f"valid: {sorted(names)}")
-        return self.config(**{**self.preset, **overrides})
+        return check_finite(self.config(**{**self.preset, **overrides}))
 
 
 ALGOS: Registry[AlgoEntry] = Registry("algorithm")

@@ -110,6 +110,15 @@ class EnvSpec:
         return cls(agents, obs_dims, kind, sizes, state_dim, has_state, has_mask, low, high, name, concat)
 
 
+class ObsShapeError(ValueError):
+    """An observation whose shape is not the agent's declared observation space's; the runner
+    adds the env copy and the step to the message."""
+
+    def __init__(self, agent: str, expected: tuple, got: tuple):
+        self.agent, self.expected, self.got = agent, expected, got
+        super().__init__(f"agent '{agent}' observed shape {got}, its observation space declares {expected}")
+
+
 class Encoder:
     """Turns one env's per-agent dicts into padded arrays (the hot path of the runner)."""
 
@@ -142,7 +151,7 @@ class Encoder:
 
     def obs(self, obs: dict, infos: dict | None, out_obs: np.ndarray, out_avail: np.ndarray) -> None:
         """Write obs [N, D] and avail [N, A] for the agents present in `obs` (others untouched)."""
-        index, simple = self.index, self._simple
+        index, simple, dims = self.index, self._simple, self.spec.obs_dims
         for agent, value in obs.items():
             i = index[agent]
             mask = None
@@ -150,6 +159,8 @@ class Encoder:
                 mask = value.get("action_mask")
                 value = value["observation"]
             flat = np.ravel(value) if simple else self._flat(i, value)
+            if flat.shape[0] != dims[i]:  # never pad or cut silently: the env broke its declared space
+                raise ObsShapeError(agent, self._obs_spaces[i].shape, np.shape(value))
             out_obs[i, : flat.shape[0]] = flat
             if mask is None and infos:
                 mask = infos.get(agent, {}).get("action_mask")

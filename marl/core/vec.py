@@ -15,6 +15,7 @@ episodes' statistics through the pipes; pickling the arrays instead cost about 0
 from __future__ import annotations
 
 import copyreg
+import functools
 import io
 import multiprocessing as mp
 import os
@@ -28,7 +29,7 @@ import numpy as np
 from gymnasium.utils import EzPickle
 
 from marl.core.errors import EnvStepError, MarlError
-from marl.core.spec import Encoder, EnvSpec
+from marl.core.spec import Encoder, EnvSpec, ObsShapeError
 
 OBS_FIELDS = ("obs", "state", "avail", "alive", "acting")
 
@@ -107,6 +108,20 @@ def env_seeds(seed: int, num_envs: int) -> list[int]:
     return np.random.SeedSequence(seed).generate_state(num_envs).tolist()
 
 
+def _naming_bad_obs(method: Callable) -> Callable:
+    """An observation of the wrong shape becomes one error line naming the env copy and the
+    episode step (`_Envs._where`, set where an observation arrives)."""
+    @functools.wraps(method)
+    def wrapper(self, *args):
+        try:
+            return method(self, *args)
+        except ObsShapeError as err:
+            k, at = self._where
+            raise MarlError(f"env '{self.spec.name}' (copy {k}) at episode step {at}: {err}",
+                            "fix the env so every observation matches its declared observation space") from None
+    return wrapper
+
+
 class _Envs:
     """E envs in this process writing into shared buffers; the work of one runner or worker."""
 
@@ -123,6 +138,7 @@ class _Envs:
         self.ep_return = np.zeros((num_envs, n), np.float64)
         self.ep_len = np.zeros(num_envs, np.int64)
         self.discrete = self.spec.discrete
+        self._where = (0, 0)  # (env copy, episode step) of the observation being read, for error lines
         if not self.discrete:
             self.low = np.asarray(self.spec.action_low, np.float32)
             self.high = np.asarray(self.spec.action_high, np.float32)
@@ -145,17 +161,36 @@ class _Envs:
 
     def _reset_env(self, k: int) -> None:
         seed, self.seeds[k] = self.seeds[k], None
+        self._where = (k, 0)
         obs, infos = self.envs[k].reset(seed=seed)
         self._observe(k, obs, infos)
         self.ep_return[k] = 0.0
         self.ep_len[k] = 0
 
+    @_naming_bad_obs
     def reset(self, seeds: list[int] | None = None) -> dict[str, np.ndarray]:
         for k in range(len(self.envs)):
             if seeds is not None:
                 self.seeds[k] = seeds[k]
             self._reset_env(k)
+        self._check_finite(np.zeros(len(self.envs), np.int64))
         return self.buf
+
+    def _check_finite(self, steps: np.ndarray) -> None:
+        """One check per field over all envs (NaN/inf from an env is the env's fault, not the
+        learner's); a failing field is searched once to name the env, agent and step. `steps`:
+        each env's episode step of the values (0 where they came from a reset)."""
+        b = self.buf
+        for field in ("reward", "obs", "state", "final_obs", "final_state"):
+            if np.isfinite(b[field]).all():
+                continue
+            k, *rest = np.argwhere(~np.isfinite(b[field]))[0]
+            agent = "the env" if field.endswith("state") else f"agent '{self.spec.agents[rest[0]]}'"
+            at = steps[k] + 1 if field in ("reward", "final_obs", "final_state") or not b["done"][k] else 0
+            value = b[field][(k, *rest)]
+            raise MarlError(f"env '{self.spec.name}' (copy {k}) returned {value} in the {field.replace('_', ' ')} of {agent} "
+                            f"at episode step {at}", "fix the env (or wrap it to replace non-finite values): "
+                            "this is not a training problem, lowering --lr does not help")
 
     def _actions(self, k: int, row: np.ndarray) -> dict:
         env, enc = self.envs[k], self.enc[k]
@@ -169,10 +204,12 @@ class _Envs:
             out[a] = np.clip(row[i, :size], self.low[i, :size], self.high[i, :size])
         return out
 
+    @_naming_bad_obs
     def step(self, actions: np.ndarray) -> tuple[dict[str, np.ndarray], list[EpisodeStats]]:
         b, episodes = self.buf, []
         for key in ("reward", "terminated", "truncated", "done"):
             b[key][:] = False
+        steps = self.ep_len.copy()  # each env's episode step before this one
         for k, env in enumerate(self.envs):
             acts = self._actions(k, actions[k])
             try:
@@ -194,6 +231,7 @@ class _Envs:
                     b["truncated"][k, index[agent]] = True
             self.ep_return[k] += b["reward"][k]
             self.ep_len[k] += 1
+            self._where = (k, int(self.ep_len[k]))
             ended = b["terminated"][k] | b["truncated"][k]
             if ended.any():  # keep the observation after the step for bootstrapping: every agent's,
                 # so a central critic reads this step's joint observation, not an earlier episode's rows
@@ -208,6 +246,7 @@ class _Envs:
                 b["done"][k] = True
                 episodes.append(EpisodeStats(float(self.ep_return[k].sum()), self.ep_return[k].copy(), int(self.ep_len[k]), k))
                 self._reset_env(k)
+        self._check_finite(steps)
         return b, episodes
 
     def get_state(self) -> bytes:
@@ -216,7 +255,7 @@ class _Envs:
         return out.getvalue()
 
     def set_state(self, blob: bytes) -> None:
-        self.envs, self.seeds, self.ep_return, self.ep_len, buf = pickle.loads(blob)
+        self.envs, self.seeds, self.ep_return, self.ep_len, buf = _load_envs(blob)
         for key, value in buf.items():  # into the arrays in place: they may be shared with the main process
             if key in self.buf:
                 self.buf[key][...] = value
@@ -224,6 +263,36 @@ class _Envs:
     def close(self) -> None:
         for env in self.envs:
             env.close()
+
+
+class _EnvUnpickler(pickle.Unpickler):
+    """Reads env snapshots; those of checkpoints written when the env package imported as the
+    top-level `envs` name its classes under `marl.envs` (a user's `envs` package is never used)."""
+
+    def find_class(self, module: str, name: str):
+        if module == "envs" or module.startswith("envs."):
+            module = "marl." + module
+        return super().find_class(module, name)
+
+
+def _load_envs(blob: bytes):
+    return _EnvUnpickler(io.BytesIO(blob)).load()
+
+
+def _regroup(blobs: list[bytes], slices: list[slice]) -> list[bytes]:
+    """Env snapshots (`_Envs.get_state`, one per group of envs, in env order) regrouped into the
+    groups `slices` (a resume with another number of workers)."""
+    parts = [_load_envs(b) for b in blobs]
+    envs = [e for p in parts for e in p[0]]
+    seeds = [s for p in parts for s in p[1]]
+    ep_return, ep_len = np.concatenate([p[2] for p in parts]), np.concatenate([p[3] for p in parts])
+    buf = {k: np.concatenate([p[4][k] for p in parts]) for k in parts[0][4]}
+    out = []
+    for rows in slices:
+        stream = io.BytesIO()
+        _EnvPickler(stream).dump((envs[rows], seeds[rows], ep_return[rows], ep_len[rows], {k: v[rows] for k, v in buf.items()}))
+        out.append(stream.getvalue())
+    return out
 
 
 def _worker(conn, make_fn, seeds, spec, memory, total, rows):
@@ -239,8 +308,11 @@ def _worker(conn, make_fn, seeds, spec, memory, total, rows):
                 except MarlError as err:
                     conn.send(("error", err))
             elif cmd == "reset":
-                envs.reset(arg)
-                conn.send(("ok", None))
+                try:
+                    envs.reset(arg)
+                    conn.send(("ok", None))
+                except MarlError as err:
+                    conn.send(("error", err))
             elif cmd == "get_state":
                 conn.send(("ok", envs.get_state()))
             elif cmd == "set_state":
@@ -349,8 +421,8 @@ class VecEnv:
         return self._call("get_state", [None] * self.workers)
 
     def set_state(self, blobs: list[bytes]) -> None:
-        if len(blobs) != max(self.workers, 1):
-            raise MarlError("the checkpoint's env snapshot was taken with a different --workers", "resume with the same --workers")
+        if len(blobs) != max(self.workers, 1):  # taken with another --workers: the same envs, grouped anew
+            blobs = _regroup(blobs, self._slices if self.workers else [slice(0, self.num_envs)])
         if self.workers == 0:
             self._local.set_state(blobs[0])
         else:
