@@ -8,6 +8,7 @@ from envs.builtin.grid import Grid
 from envs.builtin.identity import Identity
 from envs.builtin.matrix import PRESETS, MatrixGame
 from envs.builtin.target import Target
+from envs.builtin.two_step import TwoStep
 
 BUILTINS: dict[str, Callable] = {
     "matrix": MatrixGame,
@@ -15,6 +16,7 @@ BUILTINS: dict[str, Callable] = {
     "identity": Identity,
     "grid": Grid,
     "target": Target,
+    "two_step": TwoStep,
 }
 
-__all__ = ["BUILTINS", "Grid", "Identity", "MatrixGame", "Target"]
+__all__ = ["BUILTINS", "Grid", "Identity", "MatrixGame", "Target", "TwoStep"]
