@@ -79,7 +79,8 @@ def nstep_targets(rewards: Tensor, next_values: Tensor, terminated: Tensor, fill
     return target * mask
 
 
-def td_lambda_targets(rewards: Tensor, next_values: Tensor, terminated: Tensor, filled: Tensor, gamma: float, lam: float) -> Tensor:
+def td_lambda_targets(rewards: Tensor, next_values: Tensor, terminated: Tensor, filled: Tensor, gamma: float, lam: float,
+                      trace: Tensor | None = None) -> Tensor:
     """TD(lambda) returns G_t = r_t + gamma (1 - term_t) [(1 - lam c_t) V_t + lam c_t G_{t+1}].
 
     V_t is `next_values[:, t]` and c_t = filled[:, t+1] says whether the episode goes on
@@ -88,13 +89,25 @@ def td_lambda_targets(rewards: Tensor, next_values: Tensor, terminated: Tensor, 
     lam=0 gives the one-step target; lam=1 gives the Monte-Carlo return (plus the
     discounted final value for a truncated episode). Returns a tensor shaped like
     `rewards`, zero on padded steps.
+
+    `trace` (optional, [B, T] or shaped like `rewards`) is one more factor on lam c_t.
+    Watkins' Q(lambda) passes trace[:, t] = 1 when the action taken at step t+1 is the one
+    V_t values (the greedy one) and 0 otherwise: after an exploratory action the rest of
+    the episode is not the greedy policy's return, so G_t bootstraps from V_t there.
     """
     not_term, mask = _prepare(rewards, next_values, terminated, filled)
+    if trace is not None:
+        trace = trace.to(rewards.dtype)
+        while trace.dim() < rewards.dim():
+            trace = trace.unsqueeze(-1)
+        trace = trace.expand_as(rewards)
     T = rewards.shape[1]
     out = torch.zeros_like(rewards)
     g_next = torch.zeros_like(rewards[:, 0])
     for t in reversed(range(T)):
         cont = mask[:, t + 1] if t + 1 < T else torch.zeros_like(g_next)
+        if trace is not None:
+            cont = cont * trace[:, t]
         blend = (1.0 - lam * cont) * next_values[:, t] + lam * cont * g_next
         g = mask[:, t] * (rewards[:, t] + gamma * not_term[:, t] * blend)
         out[:, t] = g
