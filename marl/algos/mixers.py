@@ -19,6 +19,10 @@ with `value_head(cfg, spec, feat_dim)`. A `Mixer` subclass is one; its head
         needs_state = False
         def mix(self, q, state):
             return q.max(dim=-1).values
+
+With `--workers` >= 1 evaluation runs in a process that imports `__main__` and marl, not
+the caller's other modules: register at the top level of the script (or of a module it
+imports), where that process sees it too.
 """
 from __future__ import annotations
 
