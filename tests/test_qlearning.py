@@ -242,6 +242,28 @@ def test_termination_does_not_bootstrap():
     torch.testing.assert_close(y, r + 0.5 * 4.0 * torch.tensor([1.0, 1.0, 0.0]))
 
 
+def test_q_lambda_cuts_the_trace_after_a_non_greedy_joint_action():
+    """VDN on builtin/matrix_additive repeated 3 steps (terminates), Q(lambda) with lambda 0.5,
+    gamma 0.5, epsilon 1 (random actions). The online net's greedy action is 1 for both agents,
+    the target values it 2.0 each, so V = 4 after every step. The trace after step t goes on
+    only when both agents took action 1 at step t+1:
+    y_2 = r_2;  y_t = r_t + 0.5 ((1 - 0.5 k_t) 4 + 0.5 k_t y_{t+1}),  k_t = [a_{t+1} = (1, 1)]."""
+    vec, learner = _learner("vdn", "builtin/matrix_additive", {"episode_len": 3}, num_envs=16, buffer_size=32, batch_size=16,
+                            returns="q_lambda", td_lambda=0.5)
+    _constant_q(learner.net, [0.0, 5.0, 0.0])
+    _constant_q(learner.target_net, [1.0, 2.0, 3.0])
+    sample, y = _targets(vec, learner, 3)
+    r, actions = sample["reward"][:, :3, 0], sample["actions"][:, :3]
+    greedy = (actions == 1).all(-1).float()
+    assert 0 < greedy[:, 1:].sum() < greedy[:, 1:].numel()  # some traces go on, some are cut
+    expected = torch.zeros_like(r)
+    expected[:, 2] = r[:, 2]
+    for t in (1, 0):
+        k = greedy[:, t + 1]
+        expected[:, t] = r[:, t] + 0.5 * ((1 - 0.5 * k) * 4.0 + 0.5 * k * expected[:, t + 1])
+    torch.testing.assert_close(y, expected)
+
+
 def test_an_agent_that_terminates_early_is_not_bootstrapped_while_the_other_goes_on():
     """builtin/grid on 2x2 cells: an agent on its goal terminates (leaves the env) while the other
     goes on. The row after its end holds its final observation (on the goal); IDQN's target
