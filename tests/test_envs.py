@@ -289,3 +289,21 @@ def test_mpe2_state_from_observations_equals_env_state(name):
         np.testing.assert_array_equal(enc.state(env, obs_buf), env.state())
         acts = {a: int(rng.integers(env.action_space(a).n)) for a in env.agents}
         obs, _, _, _, infos = env.step(acts)
+
+
+def test_two_step_game_payoffs():
+    """QMIX paper's two-step game: agent_0's first action picks 2A (7 for every joint action)
+    or 2B ([[0, 1], [1, 8]]); agent_1's first action has no effect."""
+    totals = {}
+    for first in [(0, 0), (0, 1), (1, 0), (1, 1)]:
+        for second in [(0, 0), (0, 1), (1, 0), (1, 1)]:
+            env = envs.make("builtin/two_step")
+            plan = [first, second]
+            steps = rollout(env, 0, lambda a, o, i, t: plan[t][int(a[-1])])
+            assert len(steps) == 2 and env.agents == [] and all(steps[-1][2].values())
+            assert steps[0][1] == {"agent_0": 0.0, "agent_1": 0.0}
+            assert np.array_equal(steps[0][0]["agent_1"], [0, 1 + first[0] == 1, 1 + first[0] == 2])
+            totals[first, second] = steps[-1][1]["agent_0"]
+    assert {v for (f, s), v in totals.items() if f[0] == 0} == {7.0}
+    assert [totals[(1, 0), s] for s in [(0, 0), (0, 1), (1, 0), (1, 1)]] == [0.0, 1.0, 1.0, 8.0]
+    assert totals[(1, 1), (1, 1)] == 8.0  # agent_1's first action changes nothing

@@ -9,6 +9,7 @@ import torch
 
 from marl import envs
 from marl.algos import ALGOS
+from marl.algos.mixers import MIXERS, Mixer
 from marl.algos.qlearning import QLearner, epsilon_at
 from marl.algos.targets import greedy_next_values
 from marl.algos.replay import EpisodeReplay
@@ -105,6 +106,51 @@ def test_qtran_finds_the_optimum_of_the_non_monotonic_game(tmp_path, seed):
     (when measured, seeds 0-9 of exactly this test all reached (0, 0))."""
     out = _run(tmp_path, algo="qtran", env="builtin/matrix_qtran", steps=3200, eval_interval=3200, seed=seed, algo_kw=MATRIX_Q)
     assert out["eval/return_mean"] == 16.0, out
+
+
+TWO_STEP = dict(env="builtin/two_step", steps=16000, eval_interval=16000, eval_episodes=2, num_envs=16, workers=0)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_two_step_game_qmix_finds_8_and_vdn_settles_for_7(tmp_path, seed):
+    """QMIX paper's two-step game (builtin/two_step): 2A pays 7 to any joint action, 2B pays
+    [[0, 1], [1, 8]]. With its defaults (Watkins' Q(lambda) targets) QMIX's greedy policy
+    goes to 2B and plays (1, 1): 8 per agent. The paper's comparison under uniform
+    exploration (epsilon 1 throughout, every other setting the default): QMIX's
+    state-conditioned mixer still represents 2B's optimum, VDN's additive fit of 2B peaks at
+    6.5 < 7 and it takes 2A. (With the uncorrected TD(lambda) returns QMIX valued 2B by what
+    exploratory joint actions earn there and took 2A as well.) 16k steps include 320 gradient
+    steps, so the targets were copied once."""
+    uniform = {"epsilon_start": 1.0, "epsilon_finish": 1.0}
+    assert _run(tmp_path, "qmix", algo="qmix", seed=seed, **TWO_STEP)["eval/return_mean"] == 16.0
+    assert _run(tmp_path, "qmix_uniform", algo="qmix", seed=seed, algo_kw=uniform, **TWO_STEP)["eval/return_mean"] == 16.0
+    assert _run(tmp_path, "vdn_uniform", algo="vdn", seed=seed, algo_kw=uniform, **TWO_STEP)["eval/return_mean"] == 14.0
+
+
+class ScaledSum(Mixer):
+    """A mixer from outside the package: Q_tot = sum_i |w_i| q_i with learned weights."""
+
+    needs_state = False
+
+    def __init__(self, n_agents: int, state_dim: int):
+        super().__init__(n_agents, state_dim)
+        self.w = torch.nn.Parameter(torch.ones(n_agents))
+
+    def mix(self, q, state):
+        return (q * self.w.abs()).sum(-1)
+
+
+def test_a_mixer_registered_from_outside_trains_without_edits_elsewhere(tmp_path, monkeypatch):
+    monkeypatch.setitem(MIXERS._items, "scaled_sum", ScaledSum)  # registered for this test only
+    cfg = ALGOS.get("vdn").make_config(mixer="scaled_sum", **SMALL_Q)
+    assert cfg.common_reward and not cfg.needs_state
+    _run(tmp_path, algo="vdn", env="builtin/matrix_additive", steps=640, eval_interval=640, workers=0,
+         algo_kw={**SMALL_Q, "mixer": "scaled_sum"})
+    assert torch.isfinite(torch.tensor([r["loss/td"] for r in _rows(tmp_path / "run") if "loss/td" in r])).all()
+    model = load_checkpoint(tmp_path / "run")["model"]
+    assert model["head.mixer.w"].shape == (2,) and not torch.equal(model["head.mixer.w"], torch.ones(2))  # it was trained
+    with pytest.raises(MarlError, match="mixer must be one of"):
+        ALGOS.get("vdn").make_config(mixer="nonesuch").validate(EnvSpec.from_env(envs.make("builtin/matrix_additive")), 1)
 
 
 # ----------------------------------------------------------------------------- masks, targets by hand
@@ -214,6 +260,28 @@ def test_termination_does_not_bootstrap():
     assert sample["terminated"][:, 2].all() and not sample["truncated"].any()
     r = sample["reward"][:, :3, 0]
     torch.testing.assert_close(y, r + 0.5 * 4.0 * torch.tensor([1.0, 1.0, 0.0]))
+
+
+def test_q_lambda_cuts_the_trace_after_a_non_greedy_joint_action():
+    """VDN on builtin/matrix_additive repeated 3 steps (terminates), Q(lambda) with lambda 0.5,
+    gamma 0.5, epsilon 1 (random actions). The online net's greedy action is 1 for both agents,
+    the target values it 2.0 each, so V = 4 after every step. The trace after step t goes on
+    only when both agents took action 1 at step t+1:
+    y_2 = r_2;  y_t = r_t + 0.5 ((1 - 0.5 k_t) 4 + 0.5 k_t y_{t+1}),  k_t = [a_{t+1} = (1, 1)]."""
+    vec, learner = _learner("vdn", "builtin/matrix_additive", {"episode_len": 3}, num_envs=16, buffer_size=32, batch_size=16,
+                            returns="q_lambda", td_lambda=0.5)
+    _constant_q(learner.net, [0.0, 5.0, 0.0])
+    _constant_q(learner.target_net, [1.0, 2.0, 3.0])
+    sample, y = _targets(vec, learner, 3)
+    r, actions = sample["reward"][:, :3, 0], sample["actions"][:, :3]
+    greedy = (actions == 1).all(-1).float()
+    assert 0 < greedy[:, 1:].sum() < greedy[:, 1:].numel()  # some traces go on, some are cut
+    expected = torch.zeros_like(r)
+    expected[:, 2] = r[:, 2]
+    for t in (1, 0):
+        k = greedy[:, t + 1]
+        expected[:, t] = r[:, t] + 0.5 * ((1 - 0.5 * k) * 4.0 + 0.5 * k * expected[:, t + 1])
+    torch.testing.assert_close(y, expected)
 
 
 def test_an_agent_that_terminates_early_is_not_bootstrapped_while_the_other_goes_on():

@@ -6,7 +6,7 @@ import io
 import pytest
 import torch
 
-from marl.algos.mixers import MIXERS, QMixer, VDNMixer
+from marl.algos.mixers import MIXERS, Mixer, QMixer, VDNMixer
 from marl.algos.qtran import QTranJoint, QTranV, qtran_losses
 from marl.algos.replay import EpisodeBuilder, EpisodeReplay
 from marl.algos.targets import nstep_targets, td_lambda_targets
@@ -41,6 +41,25 @@ def test_td_lambda_hand_values():
     assert torch.allclose(half[0], torch.tensor([5.4375, 7.75, 3.0, 0.0]))
     # truncated: G1 = 1 + .5*8 = 5; G0 = 1 + .5 (.5*4 + .5*5) = 3.25
     assert torch.allclose(half[1], torch.tensor([3.25, 5.0, 0.0, 0.0]))
+
+
+def test_q_lambda_trace_cut_hand_values():
+    """Watkins' Q(lambda): trace[:, t] = 0 (the action at step t+1 was not greedy) makes G_t
+    bootstrap from V_t alone; trace 1 everywhere is TD(lambda), 0 everywhere the one-step target."""
+    trace = torch.tensor([[1.0, 0.0, 1.0, 1.0], [0.0, 1.0, 1.0, 1.0], [1.0, 1.0, 1.0, 1.0]])
+    got = td_lambda_targets(R, NV, TERM, FILLED, G, 0.5, trace)
+    # row 0: G2 = 3; G1 = 2 + .5 * 20 = 12 (cut); G0 = 1 + .5 (.5*10 + .5*12) = 6.5
+    # row 1 (truncated): G1 = 1 + .5*8 = 5; G0 = 1 + .5*4 = 3 (cut)
+    # row 2 (no cut): G3 = 1 + .5*2 = 2; G2 = .5 (.5*0 + .5*2) = .5; G1 = .5 (.5*.5) = .125; G0 = .5 (.5*.125) = .03125
+    assert torch.allclose(got, torch.tensor([[6.5, 12.0, 3.0, 0.0], [3.0, 5.0, 0.0, 0.0], [0.03125, 0.125, 0.5, 2.0]]))
+    assert torch.allclose(td_lambda_targets(R, NV, TERM, FILLED, G, 0.5, torch.ones(3, 4)), td_lambda_targets(R, NV, TERM, FILLED, G, 0.5))
+    assert torch.allclose(td_lambda_targets(R, NV, TERM, FILLED, G, 0.9, torch.zeros(3, 4)), nstep_targets(R, NV, TERM, FILLED, G, 1))
+    # a [B, T] trace broadcasts over a trailing agent axis; a per-agent trace cuts each agent alone
+    per_agent = td_lambda_targets(R[..., None].expand(3, 4, 2), NV[..., None].expand(3, 4, 2), TERM, FILLED, G, 0.5,
+                                  torch.stack([trace, torch.ones(3, 4)], -1))
+    assert torch.allclose(per_agent[..., 0], got) and torch.allclose(per_agent[..., 1], td_lambda_targets(R, NV, TERM, FILLED, G, 0.5))
+    assert torch.allclose(td_lambda_targets(R[..., None].expand(3, 4, 2), NV[..., None].expand(3, 4, 2), TERM, FILLED, G, 0.5, trace),
+                          got[..., None].expand(3, 4, 2))
 
 
 def _random_episodes(B=5, T=7, N=3, seed=0):
@@ -83,7 +102,7 @@ def test_targets_agent_axis_and_padding_garbage():
 N, S = 3, 5
 
 
-@pytest.mark.parametrize("name", MIXERS.names())
+@pytest.mark.parametrize("name", [n for n in MIXERS if isinstance(MIXERS.get(n), type) and issubclass(MIXERS.get(n), Mixer)])
 def test_every_mixer_shapes_and_errors(name):
     mixer = MIXERS.get(name)(N, S)
     q3, s3 = torch.randn(4, 6, N), torch.randn(4, 6, S)

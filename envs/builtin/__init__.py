@@ -8,6 +8,7 @@ from marl.envs.builtin.grid import Grid
 from marl.envs.builtin.identity import Identity
 from marl.envs.builtin.matrix import PRESETS, MatrixGame
 from marl.envs.builtin.target import Target
+from marl.envs.builtin.two_step import TwoStep
 
 BUILTINS: dict[str, Callable] = {
     "matrix": MatrixGame,
@@ -15,6 +16,7 @@ BUILTINS: dict[str, Callable] = {
     "identity": Identity,
     "grid": Grid,
     "target": Target,
+    "two_step": TwoStep,
 }
 
-__all__ = ["BUILTINS", "Grid", "Identity", "MatrixGame", "Target"]
+__all__ = ["BUILTINS", "Grid", "Identity", "MatrixGame", "Target", "TwoStep"]

@@ -1,22 +1,66 @@
-"""Mixers: combine per-agent utilities q_i into a joint value Q_tot (VDN, QMIX).
+"""Mixers: combine per-agent utilities q_i into a joint value Q_tot (VDN, QMIX), and the
+registry of the value decompositions the Q-learner dispatches through.
 
 Every mixer takes agent utilities `q` shaped [B, T, N] or [B, N] and a global state shaped
 [B, T, S] or [B, S] (the same leading axes), and returns Q_tot shaped [B, T] or [B].
 The base class `Mixer` checks the shapes and flattens the leading axes, so a subclass only
 implements `mix(q [M, N], state [M, S] | None) -> [M]`.
 
-`MIXERS` is the registry: "none" (independent learners: utilities are returned per agent,
-[B, T, N] / [B, N], and each agent gets its own TD loss), "vdn" and "qmix". Every entry is
-built as `MIXERS.get(name)(n_agents, state_dim, **kwargs)`.
+`MIXERS` is the registry behind the Q-learner's `mixer` config value: "none" (independent
+learners: utilities are returned per agent, [B, T, N] / [B, N], and each agent gets its own
+TD loss), "vdn", "qmix", and "qtran" (registered by `marl.algos.qtran`). An entry is a
+`MixerKind`: the learner reads its `needs_state` / `per_agent` and builds its loss head
+with `value_head(cfg, spec, feat_dim)`. A `Mixer` subclass is one; its head
+(`MixerHead`) trains Q_tot = mixer(q_taken, s) by TD, and `from_config` builds the mixer
+(override it to read config fields). A new mixer registered here needs no edit elsewhere:
+
+    @MIXERS.register("max")
+    class MaxMixer(Mixer):
+        needs_state = False
+        def mix(self, q, state):
+            return q.max(dim=-1).values
+
+With `--workers` >= 1 evaluation runs in a process that imports `__main__` and marl, not
+the caller's other modules: register at the top level of the script (or of a module it
+imports), where that process sees it too.
 """
 from __future__ import annotations
+
+from typing import Any, Callable, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from marl.algos.returns import masked_mean
 from marl.core.errors import MarlError
 from marl.core.registry import Registry
+from marl.core.spec import EnvSpec
+
+TargetsFn = Callable[[dict, Tensor], Tensor]
+"""targets_fn(context, next_values) -> y: the learner's return targets (n-step, TD(lambda) or
+Q(lambda)) for the values after each step, using the context's rewards, ends and traces."""
+
+
+class ValueHead(Protocol):
+    """What the Q-learner trains: `loss(target_head, context, targets_fn)` -> a dict with
+    "loss" (to minimise), "td", "q" (the fitted values), "target" and "mask" (their real
+    entries), plus any extra parts to log. `context` is `QLearner._context`'s dict."""
+
+    per_agent: bool
+
+    def loss(self, target: Any, c: dict[str, Tensor], targets_fn: TargetsFn) -> dict[str, Tensor]: ...
+
+
+class MixerKind(Protocol):
+    """A `MIXERS` entry (a class): what the config checks read, and how the head is built."""
+
+    needs_state: bool
+    """Reads the global state (QMIX/QTRAN on an env without state() use the fallback)."""
+    per_agent: bool
+    """Per-agent values and TD losses (independent learners) instead of one team value."""
+
+    def value_head(self, cfg: Any, spec: EnvSpec, feat_dim: int) -> ValueHead: ...
 
 
 class Mixer(nn.Module):
@@ -65,6 +109,35 @@ class Mixer(nn.Module):
     def mix(self, q: Tensor, state: Tensor | None) -> Tensor:
         """Mix utilities q [M, N] given state [M, S] into [M] (or [M, N] when per_agent)."""
         raise NotImplementedError
+
+    @classmethod
+    def from_config(cls, cfg: Any, spec: EnvSpec) -> "Mixer":
+        """The mixer for the Q-learner's config and env (override to read config fields)."""
+        return cls(spec.n_agents, spec.state_dim)
+
+    @classmethod
+    def value_head(cls, cfg: Any, spec: EnvSpec, feat_dim: int) -> "MixerHead":
+        """`MixerKind`: TD on the mixed utilities."""
+        return MixerHead(cls.from_config(cfg, spec))
+
+
+class MixerHead(nn.Module):
+    """Utilities -> TD loss through a mixer: per agent (independent) or on Q_tot."""
+
+    def __init__(self, mixer: Mixer):
+        super().__init__()
+        self.mixer = mixer
+        self.per_agent = mixer.per_agent
+
+    def loss(self, target: "MixerHead", c: dict[str, Tensor], targets_fn: TargetsFn) -> dict[str, Tensor]:
+        acting = c["acting"].to(c["q_taken"].dtype)
+        needs = self.mixer.needs_state
+        q = self.mixer(c["q_taken"] * acting, c["state"][:, :-1] if needs else None)
+        with torch.no_grad():
+            y = targets_fn(c, target.mixer(c["next_q"], c["state"][:, 1:] if needs else None))
+        mask = c["filled"] * acting if self.per_agent else c["filled"]
+        td = masked_mean((q - y) ** 2, mask)
+        return {"loss": td, "td": td, "q": q, "target": y, "mask": mask}
 
 
 class IndependentMixer(Mixer):
@@ -125,9 +198,14 @@ class QMixer(Mixer):
         w2 = self.hyper_w2(state).abs()  # [M, E]
         return (hidden * w2).sum(dim=-1) + self.value(state).squeeze(-1)
 
+    @classmethod
+    def from_config(cls, cfg: Any, spec: EnvSpec) -> "QMixer":
+        return cls(spec.n_agents, spec.state_dim, embed_dim=cfg.mixer_embed_dim, hypernet_embed=cfg.hypernet_embed)
 
-MIXERS: Registry[type[Mixer]] = Registry("mixer")
-"""Mixer registry: "none" (independent, per-agent output), "vdn", "qmix"."""
+
+MIXERS: Registry[MixerKind] = Registry("mixer")
+"""Value decompositions of the Q-learner: "none" (independent, per-agent output), "vdn", "qmix";
+"qtran" is added by `marl.algos.qtran`."""
 MIXERS.register("none", IndependentMixer)
 MIXERS.register("vdn", VDNMixer)
 MIXERS.register("qmix", QMixer)

@@ -30,8 +30,9 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from marl.algos import qtran  # noqa: F401  (registers the "qtran" mixer)
+from marl.algos.mixers import MIXERS
 from marl.algos.optim import OPTIMISERS, clip_grad_norm, flatten
-from marl.algos.qheads import HEADS
 from marl.algos.registry import ALGOS, AlgoEntry
 from marl.algos.replay import STEP_KEYS, EpisodeBuilder, EpisodeReplay, episode_rows, segment_steps
 from marl.algos.returns import RunningNorm, decisions, masked_mean, per_agent_rewards, rewards_differ, scalar_team_reward
@@ -42,7 +43,6 @@ from marl.nets.dists import categorical_sample, mask_logits
 from marl.nets.models import AgentNet, unroll, with_agent_id
 from marl.nets.sharing import resolve_groups
 
-TEAM_MIXERS = ("vdn", "qmix", "qtran")
 ENV_STEPS_PER_UPDATE = 50
 """Default replay ratio (updates_per_collect=0): one gradient step per this many env steps.
 One per 100 learned simple_spread worse; EPyMARL's one per 25 takes twice the gradient
@@ -52,8 +52,8 @@ steps (figures: BENCHMARKS.md, "Why these defaults")."""
 @dataclass(frozen=True)
 class QConfig:
     mixer: str = "qmix"
-    """Value decomposition: 'none' (IDQN: independent per-agent TD), 'vdn' (sum), 'qmix'
-    (monotonic hypernetwork mixer on the global state) or 'qtran' (QTRAN-base joint Q and V networks)."""
+    """Value decomposition, a name in marl.algos.mixers.MIXERS: 'none' (IDQN: independent per-agent TD), 'vdn' (sum),
+    'qmix' (monotonic hypernetwork mixer on the global state), 'qtran' (QTRAN-base joint Q and V networks) or a registered one."""
     rollout_len: int = 25
     """Steps collected from every env per update call (25 = one MPE episode per env)."""
     updates_per_collect: int = 0
@@ -80,12 +80,14 @@ class QConfig:
     """Double Q: the online net picks the next action (over available actions), the target net values it."""
     target_update_interval_or_tau: float = 200.0
     """Target networks: > 1 copies them every this many gradient steps (hard); <= 1 is the soft-update rate tau per step."""
-    returns: Literal["td_lambda", "nstep"] = "td_lambda"
-    """Return target: 'td_lambda' (lambda = td_lambda) or 'nstep' (n = n_step; n_step 1 is one-step Q-learning)."""
+    returns: Literal["q_lambda", "td_lambda", "nstep"] = "q_lambda"
+    """Return target: 'q_lambda' (Watkins' Q(lambda): the TD(lambda) return with the trace cut after a
+    step whose next action is not the greedy one the bootstrap values), 'td_lambda' (no cut: it mixes in
+    the epsilon-greedy behaviour's returns) or 'nstep' (n = n_step; n_step 1 is one-step Q-learning)."""
     n_step: int = 1
     """n of the n-step target (returns='nstep')."""
     td_lambda: float = 0.6
-    """lambda of the TD(lambda) target (returns='td_lambda')."""
+    """lambda of the TD(lambda) / Q(lambda) target (returns='td_lambda' or 'q_lambda')."""
     recurrent: bool = False
     """GRU agents unrolled over whole episodes (else feed-forward agents on the current observation; a GRU update costs ~3x)."""
     sharing: str | list[int] = "all"
@@ -121,14 +123,14 @@ class QConfig:
 
     @property
     def needs_state(self) -> bool:
-        return self.mixer in ("qmix", "qtran")
+        return MIXERS.get(self.mixer).needs_state
 
     @property
     def common_reward(self) -> bool:
-        return self.mixer in TEAM_MIXERS
+        return not MIXERS.get(self.mixer).per_agent
 
     def validate(self, spec: EnvSpec, rollout_envs: int) -> None:
-        check(self.mixer in HEADS, f"mixer must be one of {', '.join(HEADS)}, got {self.mixer!r}", "pass --mixer none, vdn, qmix or qtran")
+        check(self.mixer in MIXERS, f"mixer must be one of {', '.join(MIXERS)}, got {self.mixer!r}", f"pass --mixer {' or '.join(MIXERS)}")
         check(self.updates_per_collect >= 0, f"updates_per_collect must be >= 0, got {self.updates_per_collect}",
               "pass --updates-per-collect 0 (one per 50 env steps) or more")
         for name in ("lr", "rollout_len", "batch_size", "buffer_size", "n_step", "hidden"):
@@ -174,7 +176,7 @@ class QLearner(nn.Module):
         feat_dim = spec.obs_dim + (spec.n_agents if cfg.agent_id else 0)
         self.net = AgentNet(feat_dim, spec.n_actions, hidden=tuple(cfg.hidden), groups=groups, recurrent=cfg.recurrent,
                             activation="relu", out_gain=1.0)
-        self.head = HEADS[cfg.mixer](cfg, spec, feat_dim)
+        self.head = MIXERS.get(cfg.mixer).value_head(cfg, spec, feat_dim)
         self.target_net, self.target_head = copy.deepcopy(self.net), copy.deepcopy(self.head)
         for p in (*self.target_net.parameters(), *self.target_head.parameters()):
             p.requires_grad_(False)
@@ -246,16 +248,22 @@ class QLearner(nn.Module):
         """Utilities [B, R, N, A] for inputs [B, R, N, F]; a GRU runs over the R rows from zeros."""
         return unroll(net, (x,), net.initial_hidden(x.shape[:1]) if self.cfg.recurrent else None, dim=1)
 
-    def _targets(self, c: dict, next_values: Tensor) -> Tensor:
+    def _targets(self, c: dict[str, Tensor], next_values: Tensor) -> Tensor:
         """Return targets [B, T, ...] of the context `c` (see `_context`) bootstrapping from
-        `next_values`: over each agent's own decisions where `c` holds them (independent learners)."""
+        `next_values` (the heads' `targets_fn`): over each agent's own decisions where `c` holds
+        them (independent learners), with Watkins' trace cut for `returns='q_lambda'`."""
         cfg = self.cfg
-        if cfg.returns == "td_lambda":
-            fn = lambda *a: td_lambda_targets(*a, cfg.gamma, cfg.td_lambda)  # noqa: E731
-        else:
-            fn = lambda *a: nstep_targets(*a, cfg.gamma, cfg.n_step)  # noqa: E731
-        if "decisions" in c:
-            return own_decision_targets(c["decisions"], c["reward"], next_values, c["terminated"], fn)
+        view, trace = c.get("decisions"), c["trace"] if cfg.returns == "q_lambda" else None
+        if view is not None and trace is not None:
+            trace = view.at_close(trace)  # a transition closes just before the agent's next decision
+
+        def fn(reward: Tensor, nxt: Tensor, terminated: Tensor, filled: Tensor) -> Tensor:
+            if cfg.returns == "nstep":
+                return nstep_targets(reward, nxt, terminated, filled, cfg.gamma, cfg.n_step)
+            return td_lambda_targets(reward, nxt, terminated, filled, cfg.gamma, cfg.td_lambda, trace)
+
+        if view is not None:
+            return own_decision_targets(view, c["reward"], next_values, c["terminated"], fn)
         return fn(c["reward"], next_values, c["terminated"], c["filled"])
 
     def _context(self, s: dict) -> dict[str, Tensor]:
@@ -274,6 +282,9 @@ class QLearner(nn.Module):
              "next_actions": next_actions, "next_q": next_q * s["next_acting"][:, :-1].to(next_q.dtype),
              "q_taken": q_now.gather(-1, actions.unsqueeze(-1)).squeeze(-1),
              "q_greedy": q_now.gather(-1, greedy.unsqueeze(-1)).squeeze(-1)}
+        # Watkins' trace: step t+1's action is the one the bootstrap after step t values (agents not acting there pass)
+        greedy_next = (s["actions"][:, 1:] == next_actions) | ~s["acting"][:, 1:]
+        c["trace"] = greedy_next if head.per_agent else greedy_next.all(-1)
         reward, term, trunc = s["reward"][:, :-1], s["terminated"][:, :-1], s["truncated"][:, :-1]
         if head.per_agent:  # own episode per agent: it ends at the agent's own termination/truncation
             ended = term | trunc

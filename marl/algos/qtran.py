@@ -12,12 +12,22 @@ minimises L = L_td + lambda_opt L_opt + lambda_nopt L_nopt with
 where Q^_jt is Q_jt held fixed (no gradient) in the two factorisation losses, so they move
 the utilities and V_jt only. `QTranJoint` and `QTranV` are the two networks; the losses
 are the pure function `qtran_losses`.
+
+`QTranHead` puts them together as the Q-learner's "qtran" value decomposition (registered
+in `marl.algos.mixers.MIXERS`). The per-agent utilities Q_i come from the same agent
+networks as IDQN/VDN/QMIX (see `marl.algos.qlearning`); u_bar is the greedy joint action
+of the utilities over available actions, u_bar' at the next step likewise (from the online
+utilities with double Q, else from the target ones), and the TD target is
+y = r + gamma Q_jt^target(s', tau', u_bar') (or the configured multi-step return). The
+per-agent features fed to Q_jt are the agent-network inputs (observation plus the one-hot
+agent id when `agent_id`), so Q_jt sees (s, o_1..o_N, u_1..u_N).
 """
 from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
 
+from marl.algos.mixers import MIXERS, TargetsFn
 from marl.algos.returns import masked_mean
 from marl.core.errors import MarlError
 
@@ -94,3 +104,48 @@ def qtran_losses(q_jt: Tensor, q_jt_target: Tensor, q_tilde_opt: Tensor, q_jt_op
     nopt_err = q_tilde_taken - q_jt_taken_detached.detach() + v_jt
     nopt = masked_mean(torch.clamp(nopt_err, max=0.0) ** 2, filled)
     return {"td": td, "opt": opt, "nopt": nopt, "loss": td + lambda_opt * opt + lambda_nopt * nopt}
+
+
+def _one_hot(actions: Tensor, n: int, dtype: torch.dtype) -> Tensor:
+    return torch.nn.functional.one_hot(actions.long(), n).to(dtype)
+
+
+class QTranHead(nn.Module):
+    """Q_jt and V_jt with the QTRAN-base losses: a `MixerKind` and its `ValueHead` (marl.algos.mixers)."""
+
+    needs_state = True
+    per_agent = False
+
+    def __init__(self, cfg, spec, feat_dim: int):
+        super().__init__()
+        self.n_actions = spec.n_actions
+        self.lambda_opt, self.lambda_nopt = cfg.lambda_opt, cfg.lambda_nopt
+        self.joint = QTranJoint(spec.n_agents, spec.state_dim, feat_dim, spec.n_actions, embed_dim=cfg.qtran_embed,
+                                encode_dim=cfg.qtran_embed)
+        self.v = QTranV(spec.state_dim, embed_dim=cfg.qtran_embed)
+
+    @classmethod
+    def value_head(cls, cfg, spec, feat_dim: int) -> "QTranHead":
+        return cls(cfg, spec, feat_dim)
+
+    def loss(self, target: "QTranHead", c: dict[str, Tensor], targets_fn: TargetsFn) -> dict[str, Tensor]:
+        A, B = self.n_actions, c["q_taken"].shape[0]
+        feats, state, acting = c["feats"][:, :-1], c["state"][:, :-1], c["acting"].to(c["q_taken"].dtype)
+        # Q_jt at the taken and at the greedy joint action, in one pass
+        both = self.joint(torch.cat([state, state]), torch.cat([feats, feats]),
+                          torch.cat([_one_hot(c["actions"], A, feats.dtype), _one_hot(c["greedy"], A, feats.dtype)]))
+        q_jt, q_jt_opt = both.split(B)
+        with torch.no_grad():
+            y = targets_fn(c, target.joint(c["state"][:, 1:], c["feats"][:, 1:], _one_hot(c["next_actions"], A, feats.dtype)))
+        parts = qtran_losses(
+            q_jt=q_jt, q_jt_target=y,
+            q_tilde_opt=(c["q_greedy"] * acting).sum(-1), q_jt_opt_detached=q_jt_opt.detach(),
+            v_jt=self.v(state),
+            q_tilde_taken=(c["q_taken"] * acting).sum(-1), q_jt_taken_detached=q_jt.detach(),
+            filled=c["filled"], lambda_opt=self.lambda_opt, lambda_nopt=self.lambda_nopt,
+        )
+        return {"loss": parts["loss"], "td": parts["td"], "opt": parts["opt"], "nopt": parts["nopt"],
+                "q": q_jt, "target": y, "mask": c["filled"]}
+
+
+MIXERS.register("qtran", QTranHead)

@@ -80,7 +80,8 @@ def nstep_targets(rewards: Tensor, next_values: Tensor, terminated: Tensor, fill
     return target * mask
 
 
-def td_lambda_targets(rewards: Tensor, next_values: Tensor, terminated: Tensor, filled: Tensor, gamma: float, lam: float) -> Tensor:
+def td_lambda_targets(rewards: Tensor, next_values: Tensor, terminated: Tensor, filled: Tensor, gamma: float, lam: float,
+                      trace: Tensor | None = None) -> Tensor:
     """TD(lambda) returns G_t = r_t + gamma (1 - term_t) [(1 - lam c_t) V_t + lam c_t G_{t+1}].
 
     V_t is `next_values[:, t]` and c_t = filled[:, t+1] says whether the episode goes on
@@ -90,11 +91,19 @@ def td_lambda_targets(rewards: Tensor, next_values: Tensor, terminated: Tensor, 
     discounted final value for a truncated episode). Returns a tensor shaped like
     `rewards`, zero on padded steps.
 
+    `trace` (optional, [B, T] or shaped like `rewards`) is one more factor on lam c_t.
+    Watkins' Q(lambda) passes trace[:, t] = 1 when the action taken at step t+1 is the one
+    V_t values (the greedy one) and 0 otherwise: after an exploratory action the rest of
+    the episode is not the greedy policy's return, so G_t bootstraps from V_t there.
+
     Computed by `marl.algos.returns.gae` (the package's one λ-return): with the baseline of
     step t + 1 equal to the bootstrap value V_t of step t, GAE's returns are these G_t.
     """
     not_term, mask = _prepare(rewards, next_values, terminated, filled)
     goes_on = torch.cat([mask[:, 1:], torch.zeros_like(mask[:, :1])], dim=1)
+    if trace is not None:
+        trace = trace.to(rewards.dtype)
+        goes_on = goes_on * trace.view(*trace.shape, *([1] * (rewards.dim() - trace.dim())))
     baseline = torch.cat([torch.zeros_like(next_values[:, :1]), next_values[:, :-1]], dim=1)
     time_first = lambda x: x.transpose(0, 1)  # noqa: E731
     _, g = gae(time_first(rewards * mask), time_first(baseline), time_first(next_values), time_first(1.0 - not_term),
