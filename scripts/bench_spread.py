@@ -15,6 +15,7 @@ the effects measured, and the mean of two runs on either side of the peer cancel
 that is linear in time. The ratio to the peer uses that mean wall time.
 
   python scripts/bench_spread.py --algos mappo,ippo --seeds 1,2,3 [--peer mappo,ippo] [--out bench-results]
+      [--extra "FLAGS for every run"] [--algo-extra "mappo=FLAGS for MAPPO's runs only"]
 """
 from __future__ import annotations
 
@@ -81,6 +82,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=200_000)
     ap.add_argument("--out", default="bench-results")
     ap.add_argument("--extra", default="", help="extra flags for marl train, e.g. '--num-envs 16'")
+    ap.add_argument("--algo-extra", action="append", default=[], metavar="ALGO=FLAGS",
+                    help="extra flags for one algorithm's runs only (repeatable), e.g. 'mappo=--lr-anneal-steps 200000'")
     ap.add_argument("--final-episodes", type=int, default=1000, help="greedy episodes to re-evaluate each final policy on, untimed (0: skip)")
     args = ap.parse_args()
     out = Path(args.out).resolve()
@@ -89,6 +92,8 @@ def main() -> None:
     results = {"raw_env_steps_per_s_before": raw_env_rate(5.0), "runs": []}
     print(f"raw env rate: {results['raw_env_steps_per_s_before']:,.0f} steps/s", flush=True)
     peers, algos = [a for a in args.peer.split(",") if a], args.algos.split(",")
+    own = dict(item.split("=", 1) for item in args.algo_extra)
+    extra = {algo: [*args.extra.split(), *own.get(algo, "").split()] for algo in algos}
 
     def run_peer(algo: str, seed: int) -> dict:
         p = peer(algo, seed, args.steps, out)
@@ -101,7 +106,7 @@ def main() -> None:
             run_peer(algo, seed)
     for algo in algos:
         for seed in seeds:
-            r = ours(algo, seed, args.steps, out, args.extra.split(), args.final_episodes)
+            r = ours(algo, seed, args.steps, out, extra[algo], args.final_episodes)
             results["runs"].append(r)
             precise = f"; {r['final_episodes']} episodes {r['final_return']:.2f}, score {r['final_score']:.3f}" if r["final_return"] is not None else ""
             print(f"marl {algo} seed {seed}: wall {r['wall_s']:.0f}s, {r['steps_per_s']:.0f} steps/s "
@@ -109,7 +114,7 @@ def main() -> None:
             if algo not in peers:
                 continue
             p = run_peer(algo, seed)
-            again = ours(algo, seed, args.steps, out, args.extra.split(), 0, tag="_again")
+            again = ours(algo, seed, args.steps, out, extra[algo], 0, tag="_again")
             results["runs"].append(again)
             mean_wall = (r["wall_s"] + again["wall_s"]) / 2
             print(f"marl {algo} seed {seed} again: wall {again['wall_s']:.0f}s (training loop {again['loop_steps_per_s']:.0f}), "
