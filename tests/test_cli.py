@@ -291,7 +291,7 @@ def test_bad_flag_values_exit_2(argv, expected, tmp_path, capsys):
 
 CHOICES = [("mappo", "--critic", "local,central", "centrl"), ("mappo", "--critic-net", "sets,mlp", "deepsets"),
            ("ippo", "--reward", "agent,sum,mean", "team"), ("mappo", "--activation", "tanh,relu", "gelu"),
-           ("qmix", "--returns", "td_lambda,nstep", "mc"), ("qmix", "--optimiser", "adam,rmsprop", "sgd"),
+           ("qmix", "--returns", "q_lambda,td_lambda,nstep", "mc"), ("qmix", "--optimiser", "adam,rmsprop", "sgd"),
            ("vdn", "--reward", "agent,sum,mean", "none")]
 
 

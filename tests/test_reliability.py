@@ -496,3 +496,29 @@ def test_env_snapshots_of_checkpoints_from_before_marl_envs_still_load(monkeypat
     vec.set_state([old])
     assert all(type(e) is identity.Identity for e in vec._local.envs)
     vec.close()
+
+
+def test_env_snapshots_written_by_the_runner_module_still_load(monkeypatch):
+    """Env snapshots of EzPickle envs name their state setter; checkpoints written while it lived
+    in marl.core.vec load with the one in marl.core.snapshots."""
+    import marl.core.snapshots as snapshots
+    import marl.core.vec as vec_module
+    from marl import envs
+    from marl.core.vec import VecEnv
+
+    vec = VecEnv(envs.make_factory("mpe2/simple_spread_v3", max_cycles=5), 2, seed=3)
+    vec.reset(3)
+    vec.step(np.ones((2, 3), np.int64))
+    with monkeypatch.context() as old_layout:
+        old_layout.setattr(snapshots._set_dict, "__module__", "marl.core.vec")
+        old_layout.setattr(vec_module, "_set_dict", snapshots._set_dict, raising=False)
+        old = vec.get_state()[0]
+    assert b"marl.core.vec" in old and b"_set_dict" in old
+    fresh = VecEnv(envs.make_factory("mpe2/simple_spread_v3", max_cycles=5), 2, seed=9)
+    fresh.set_state([old])
+    a, _ = vec.step(np.zeros((2, 3), np.int64))
+    expect = a["obs"].copy()
+    b, _ = fresh.step(np.zeros((2, 3), np.int64))
+    assert np.array_equal(b["obs"], expect)
+    vec.close()
+    fresh.close()

@@ -14,21 +14,18 @@ episodes' statistics through the pipes; pickling the arrays instead cost about 0
 """
 from __future__ import annotations
 
-import copyreg
 import functools
-import io
 import multiprocessing as mp
 import os
-import pickle
 import signal
 import sys
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
-from gymnasium.utils import EzPickle
 
 from marl.core.errors import EnvStepError, MarlError
+from marl.core.snapshots import dump_envs, load_envs, regroup
 from marl.core.spec import Encoder, EnvSpec, ObsShapeError
 
 OBS_FIELDS = ("obs", "state", "avail", "alive", "acting")
@@ -40,23 +37,6 @@ class EpisodeStats:
     agent_returns: np.ndarray
     length: int
     env: int = 0
-
-
-def _set_dict(obj: Any, state: dict) -> None:
-    obj.__dict__.update(state)
-
-
-class _EnvPickler(pickle.Pickler):
-    """Pickles envs by their full state. gymnasium's EzPickle (used by mpe2 and classic envs)
-    would otherwise pickle only the constructor arguments and restore a fresh env.
-    Pygame render surfaces are dropped (a restored env does not render)."""
-
-    def reducer_override(self, obj):
-        if type(obj).__module__.startswith("pygame"):  # render surfaces: not env state, not picklable
-            return type(None), ()
-        if isinstance(obj, EzPickle) and hasattr(obj, "__dict__"):
-            return copyreg.__newobj__, (type(obj),), obj.__dict__, None, None, _set_dict
-        return NotImplemented
 
 
 def _layout(spec: EnvSpec, e: int) -> dict[str, tuple[tuple[int, ...], type, int]]:
@@ -250,12 +230,10 @@ class _Envs:
         return b, episodes
 
     def get_state(self) -> bytes:
-        out = io.BytesIO()
-        _EnvPickler(out).dump((self.envs, self.seeds, self.ep_return, self.ep_len, self.buf))
-        return out.getvalue()
+        return dump_envs((self.envs, self.seeds, self.ep_return, self.ep_len, self.buf))
 
     def set_state(self, blob: bytes) -> None:
-        self.envs, self.seeds, self.ep_return, self.ep_len, buf = _load_envs(blob)
+        self.envs, self.seeds, self.ep_return, self.ep_len, buf = load_envs(blob)
         for key, value in buf.items():  # into the arrays in place: they may be shared with the main process
             if key in self.buf:
                 self.buf[key][...] = value
@@ -263,36 +241,6 @@ class _Envs:
     def close(self) -> None:
         for env in self.envs:
             env.close()
-
-
-class _EnvUnpickler(pickle.Unpickler):
-    """Reads env snapshots; those of checkpoints written when the env package imported as the
-    top-level `envs` name its classes under `marl.envs` (a user's `envs` package is never used)."""
-
-    def find_class(self, module: str, name: str):
-        if module == "envs" or module.startswith("envs."):
-            module = "marl." + module
-        return super().find_class(module, name)
-
-
-def _load_envs(blob: bytes):
-    return _EnvUnpickler(io.BytesIO(blob)).load()
-
-
-def _regroup(blobs: list[bytes], slices: list[slice]) -> list[bytes]:
-    """Env snapshots (`_Envs.get_state`, one per group of envs, in env order) regrouped into the
-    groups `slices` (a resume with another number of workers)."""
-    parts = [_load_envs(b) for b in blobs]
-    envs = [e for p in parts for e in p[0]]
-    seeds = [s for p in parts for s in p[1]]
-    ep_return, ep_len = np.concatenate([p[2] for p in parts]), np.concatenate([p[3] for p in parts])
-    buf = {k: np.concatenate([p[4][k] for p in parts]) for k in parts[0][4]}
-    out = []
-    for rows in slices:
-        stream = io.BytesIO()
-        _EnvPickler(stream).dump((envs[rows], seeds[rows], ep_return[rows], ep_len[rows], {k: v[rows] for k, v in buf.items()}))
-        out.append(stream.getvalue())
-    return out
 
 
 def _worker(conn, make_fn, seeds, spec, memory, total, rows):
@@ -422,7 +370,7 @@ class VecEnv:
 
     def set_state(self, blobs: list[bytes]) -> None:
         if len(blobs) != max(self.workers, 1):  # taken with another --workers: the same envs, grouped anew
-            blobs = _regroup(blobs, self._slices if self.workers else [slice(0, self.num_envs)])
+            blobs = regroup(blobs, self._slices if self.workers else [slice(0, self.num_envs)])
         if self.workers == 0:
             self._local.set_state(blobs[0])
         else:
