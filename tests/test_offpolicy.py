@@ -225,14 +225,13 @@ def test_central_critics_read_every_agents_action_and_local_ones_their_own(algo,
     n, a = spec.n_agents, spec.n_actions
     obs, state = torch.randn(1, n, spec.obs_dim), torch.randn(1, spec.state_dim)
     own = torch.randn(1, n, a) if not spec.discrete else torch.eye(a)[torch.randint(a, (1, n))]
+    jac = torch.autograd.functional.jacobian(lambda x: learner.q_values(learner.critic, obs, state, x), own)[..., 0, :, :]
+    reads = jac.abs().sum((0, 1, 3, 5))  # [N (critic of agent i), N (action of agent j)], both twin critics
+    eye = torch.eye(n, dtype=torch.bool)
     if spec.discrete and algo in ("isac", "masac"):  # discrete SAC: a value per own action, reading the others' actions
-        jac = torch.autograd.functional.jacobian(lambda x: learner.q_values(learner.critic, obs, state, x), own)[..., 0, :, :]
-        reads = jac.abs().sum((0, 1, 3, 5))  # [N (critic i), N (action of j)]
-        expect = ~torch.eye(n, dtype=torch.bool) if central else torch.zeros(n, n, dtype=torch.bool)
+        expect = ~eye if central else torch.zeros(n, n, dtype=torch.bool)
     else:
-        jac = torch.autograd.functional.jacobian(lambda x: learner.q_values(learner.critic, obs, state, x), own)[..., 0, :, :]
-        reads = jac.abs().sum((0, 1, 3, 5))
-        expect = torch.ones(n, n, dtype=torch.bool) if central else torch.eye(n, dtype=torch.bool)
+        expect = torch.ones(n, n, dtype=torch.bool) if central else eye
     assert torch.equal(reads > 0, expect), reads
 
 
@@ -328,3 +327,18 @@ def test_single_agent_pendulum_with_a_local_critic(tmp_path, algo, preset):
                algo_kw={**preset, "gamma": 0.99, "rollout_len": 1})
     assert out["eval/return_mean"] >= -200, out
     assert np.isfinite(out["eval/return_mean"])
+
+
+@pytest.mark.parametrize("algo", OFF_ALGOS)
+def test_help_lists_every_hyperparameter_with_its_docstring(algo, capsys):
+    from marl.configio import field_docs
+
+    with pytest.raises(SystemExit) as info:
+        main(["train", "--algo", algo, "--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    flat = " ".join(out.split())
+    docs = field_docs(ALGOS.get(algo).config)
+    assert set(docs) == {f for f in ALGOS.get(algo).config.__dataclass_fields__}
+    for name, doc in docs.items():
+        assert f"--{name.replace('_', '-')} " in out and " ".join(doc.split()[:4]) in flat, name

@@ -266,7 +266,7 @@ class ReplayACLearner(nn.Module):
 
     def policy(self) -> nn.Module:
         """A frozen copy of the acting networks (no critic, optimiser or replay)."""
-        out = copy.deepcopy(self.actor).eval()
+        out = copy.deepcopy(self.actor).cpu().eval()
         for p in out.parameters():
             p.requires_grad_(False)
         return out
