@@ -251,7 +251,7 @@ def test_policy_is_a_frozen_copy_that_acts_like_the_learner():
 def test_continuous_target_task_is_solved(tmp_path, algo):
     """builtin/target (2 agents, 4 steps): reward -||a - target||^2 with the target in the
     observation, so the optimum is 0; random actions return about -10.7, always acting 0 -5.3."""
-    out = _run(tmp_path, algo=algo, env="builtin/target", steps=2400, eval_interval=2400, algo_kw=TARGET_KW)
+    out = _run(tmp_path, algo=algo, env="builtin/target", steps=2000, eval_interval=2000, algo_kw=TARGET_KW)
     assert out["eval/return_mean"] > -0.3, out
 
 
