@@ -20,8 +20,10 @@ the same protocol, measured here over --final-episodes episodes.
 
   python scripts/bench_spread.py --algos mappo,ippo --seeds 1,2,3 [--peer mappo,ippo] [--out bench-results]
       [--extra "FLAGS for every run"] [--algo-extra "mappo=FLAGS for MAPPO's runs only"]
-  python scripts/bench_spread.py --algos maddpg --peer maddpg --seeds 1,2,3 --algo-extra "maddpg=--reward sum"
-  python scripts/bench_spread.py --algos maddpg,matd3,masac --continuous --seeds 1,2,3 --extra "--reward sum"
+  python scripts/bench_spread.py --algos maddpg --peer maddpg --seeds 1,2,3 --out bench-results/maddpg \\
+      --extra "--reward sum --eval-interval 10000 --eval-episodes 100"
+  python scripts/bench_spread.py --algos maddpg,matd3,masac --continuous --seeds 1,2,3 --out bench-results/continuous \\
+      --extra "--reward sum --eval-interval 10000 --eval-episodes 100"
 """
 from __future__ import annotations
 
