@@ -209,7 +209,7 @@ def _learner(algo: str, env: str, **overrides):
 
 
 @pytest.mark.parametrize("algo", OFF_ALGOS)
-@pytest.mark.parametrize("sharing", ["all", "none"])
+@pytest.mark.parametrize("sharing", ["all", "none", [0, 1, 1]])
 def test_each_actor_reads_only_its_own_observation(algo, sharing):
     learner, spec = _learner(algo, "mpe2/simple_spread_v3", sharing=sharing)
     obs = torch.randn(spec.n_agents, spec.obs_dim)
@@ -244,6 +244,31 @@ def test_policy_is_a_frozen_copy_that_acts_like_the_learner():
     low, high = torch.tensor(spec.action_low), torch.tensor(spec.action_high)
     noisy = policy.act(inputs, policy.initial_hidden(5), True)[0]
     assert ((noisy >= low) & (noisy <= high)).all()
+
+
+@pytest.mark.parametrize("algo", OFF_ALGOS)
+def test_actions_respect_masks_and_the_envs_bounds(algo):
+    learner, spec = _learner(algo, "mpe2/simple_spread_v3")  # discrete: 5 actions
+    gen = torch.Generator().manual_seed(0)
+    avail = torch.rand(200, spec.n_agents, spec.n_actions, generator=gen) < 0.5
+    avail[..., 0] |= ~avail.any(-1)
+    inputs = {"obs": torch.randn(200, spec.n_agents, spec.obs_dim, generator=gen), "avail": avail}
+    for explore in (False, True):
+        actions = learner.act(inputs, None, explore)[0]
+        assert avail.gather(-1, actions.unsqueeze(-1)).all()
+    vec = VecEnv(envs.make_factory("mpe2/simple_spread_v3", continuous_actions=True), 1)
+    spec = vec.spec
+    vec.close()
+    assert spec.action_low[0][0] == 0.0 and spec.action_high[0][0] == 1.0  # mpe2's continuous actions lie in [0, 1]
+    entry = ALGOS.get(algo)
+    learner = entry.learner(entry.make_config(noise_std=2.0) if algo in ("maddpg", "matd3") else entry.make_config(), spec,
+                            torch.device("cpu"), 0)
+    inputs = {"obs": 10 * torch.randn(200, spec.n_agents, spec.obs_dim, generator=gen),
+              "avail": torch.ones(200, spec.n_agents, spec.n_actions, dtype=torch.bool)}
+    for explore in (False, True):
+        actions = learner.act(inputs, None, explore)[0]
+        assert actions.min() >= 0.0 and actions.max() <= 1.0
+    assert learner.act(inputs, None, True)[0].std() > 0.1  # exploration reaches across the range
 
 
 # ----------------------------------------------------------------------------- known answers
