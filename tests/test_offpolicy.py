@@ -367,3 +367,14 @@ def test_help_lists_every_hyperparameter_with_its_docstring(algo, capsys):
     assert set(docs) == {f for f in ALGOS.get(algo).config.__dataclass_fields__}
     for name, doc in docs.items():
         assert f"--{name.replace('_', '-')} " in out and " ".join(doc.split()[:4]) in flat, name
+
+
+def test_turn_based_games_are_refused_with_one_line(tmp_path, capsys):
+    """One-step transitions cannot carry a move's reward to the mover's next decision."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as info:
+        main([*CLI, "--run-dir", str(tmp_path / "run"), "--algo", "isac", "--env", "pettingzoo.classic/tictactoe_v3",
+              "--learning-starts", "8", "--batch-size", "8", "--rollout-len", "4"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "turn-based" in err[0] and "ippo" in err[0], err

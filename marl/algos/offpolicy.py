@@ -21,8 +21,8 @@ sets per group in one grouped network: one batched pass gives both.
 Targets: y_i = r_i + gamma * bootstrap_i * Q'_i(s', a'), where bootstrap_i (`next_acting`) is
 False after a termination and True after a truncation, whose final observation is kept in the
 replay. Target networks follow the online ones by Polyak averaging (`tau`), one `lerp_` over
-each flat parameter buffer. Transitions are one env step long: in turn-based games, where
-an agent's transition runs to its next decision, use the episode-based learners.
+each flat parameter buffer. Transitions are one env step long: turn-based games, where
+an agent's transition runs to its next decision, are refused (one line at the first update).
 """
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from marl.algos.optim import adam, clip_grad_norm, flatten
 from marl.algos.returns import masked_mean, per_agent_rewards
 from marl.algos.transitions import TransitionReplay, transition_rows
-from marl.core.errors import check
+from marl.core.errors import MarlError, check
 from marl.core.spec import EnvSpec
 from marl.nets.dists import categorical_greedy, categorical_sample, mask_logits
 from marl.nets.models import AgentNet, with_agent_id
@@ -338,6 +338,9 @@ class ReplayACLearner(nn.Module):
     def update(self, b: dict) -> dict[str, float]:
         cfg = self.cfg
         T, E = b["done"].shape
+        if bool((b["alive"] & ~b["acting"]).any()):  # turn-based: a transition would have to run to the agent's next move
+            raise MarlError(f"{self.spec.name or 'this env'} has agents in the episode that do not act at every step (a turn-based game), "
+                            "and these learners' transitions are one env step long", "use ippo/mappo or idqn (their transitions run to each agent's next decision)")
         self.replay.add(transition_rows(b, self.replay.fields))
         self.env_steps += T * E
         out = {"train/buffer_transitions": float(len(self.replay))}
