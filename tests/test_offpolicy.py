@@ -235,6 +235,18 @@ def test_central_critics_read_every_agents_action_and_local_ones_their_own(algo,
     assert torch.equal(reads > 0, expect), reads
 
 
+@pytest.mark.parametrize("critic_input", ["state", "obs"])
+def test_a_central_critic_reads_the_state_or_every_agents_observation(critic_input):
+    learner, spec = _learner("maddpg", "builtin/target", critic_input=critic_input)  # state(): the targets
+    obs, state = torch.randn(1, spec.n_agents, spec.obs_dim), torch.randn(1, spec.state_dim)
+    x = torch.zeros(1, spec.n_agents, spec.n_actions)
+    d_obs, d_state = torch.autograd.functional.jacobian(lambda o, s: learner.q_values(learner.critic, o, s, x), (obs, state))
+    reads_obs = d_obs.abs().sum((0, 1, 3, 4, 6)) > 0  # [critic of agent i, observation of agent j]
+    assert torch.equal(reads_obs, torch.ones_like(reads_obs) if critic_input == "obs" else torch.zeros_like(reads_obs))
+    assert (d_state.abs().sum() > 0) == (critic_input == "state")
+    assert ("state" in learner.replay.fields) == (critic_input == "state")
+
+
 def test_policy_is_a_frozen_copy_that_acts_like_the_learner():
     learner, spec = _learner("maddpg", "builtin/target")
     policy = learner.policy()

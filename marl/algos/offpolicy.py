@@ -49,6 +49,8 @@ LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
 class ReplayACConfig:
     critic: Literal["central", "local"] = "central"
     """Critic input: 'central' (the state, or all observations, and every agent's action: MADDPG/MASAC) or 'local' (own observation and action: independent learners, single-agent DDPG/TD3/SAC)."""
+    critic_input: Literal["state", "obs"] = "state"
+    """What a central critic reads besides the actions: 'state' (the env's state(); the concatenated observations on an env without one) or 'obs' (every agent's observation, concatenated)."""
     rollout_len: int = 25
     """Steps collected from every env per update call."""
     updates_per_step: float = 0.04
@@ -107,9 +109,9 @@ class ReplayACConfig:
               "leave --replay-device empty (the learner device) or pass cpu / cuda")
         check(not self.replay_device.startswith("cuda") or torch.cuda.is_available(),
               f"replay_device '{self.replay_device}' requested but CUDA is not available", "leave --replay-device empty or pass cpu")
-        if self.critic == "central" and not spec.has_state:
+        if self.critic == "central" and self.critic_input == "state" and not spec.has_state:
             check(self.allow_state_fallback, f"the central critic reads a global state but env '{spec.name}' has no state()",
-                  "pass --allow-state-fallback true to read the concatenated observations, or --critic local")
+                  "pass --allow-state-fallback true or --critic-input obs to read the concatenated observations, or --critic local")
         resolve_groups(self.sharing, spec.n_agents)
 
 
@@ -223,7 +225,7 @@ class ReplayACLearner(nn.Module):
         kind = "categorical" if spec.discrete else self.actor_kind
         self.actor = ReplayActor(spec, groups, kind, tuple(cfg.hidden), cfg.agent_id, cfg.layer_norm, noise_std)
         self.central = cfg.critic == "central"
-        self.read_state = self.central and not spec.state_is_concat_obs  # else the concatenated observations
+        self.read_state = self.central and cfg.critic_input == "state" and not spec.state_is_concat_obs  # else the observations
         self.n_critics = 2 if cfg.twin_critics else 1
         if self.central:
             ctx = (spec.state_dim if self.read_state else n * spec.obs_dim) + (0 if drop_own and n == 1 else n * a)
