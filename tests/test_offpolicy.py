@@ -390,3 +390,27 @@ def test_turn_based_games_are_refused_with_one_line(tmp_path, capsys):
     assert info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "turn-based" in err[0] and "ippo" in err[0], err
+
+
+def test_matd3_delays_actor_and_target_updates_and_soft_updates_by_tau():
+    learner, spec = _learner("matd3", "builtin/target", tau=0.05)
+    vec = VecEnv(envs.make_factory("builtin/target"), 4, seed=0)
+    try:
+        batch, _ = Collector(vec, learner, torch.device("cpu")).collect(8)
+    finally:
+        vec.close()
+    learner.replay.add(transition_rows(batch, learner.replay.fields))
+    (t_actor, actor), (t_critic, critic) = learner._targets
+    for step in range(4):
+        before = [x.detach().clone() for x in (actor, critic, t_actor, t_critic)]
+        stats = learner._train_step(learner.replay.sample(16, learner.sample_gen))
+        learner.grad_steps += 1
+        assert not torch.equal(critic, before[1])  # the critics learn at every step
+        moved = step % 2 == 1  # policy_delay 2: the actor and the targets at every second step
+        assert ("actor" in stats) == moved and (not torch.equal(actor, before[0])) == moved
+        if moved:
+            torch.testing.assert_close(t_actor, before[2] + 0.05 * (actor - before[2]), rtol=0, atol=1e-7)
+            torch.testing.assert_close(t_critic, before[3] + 0.05 * (critic - before[3]), rtol=0, atol=1e-7)
+        else:
+            assert torch.equal(t_actor, before[2]) and torch.equal(t_critic, before[3])
+    assert learner.critic.body.net[0].weight.shape[0] == 2  # twin critics: two weight sets (sharing 'all')
