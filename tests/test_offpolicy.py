@@ -102,6 +102,16 @@ def test_tanh_gaussian_log_prob_matches_the_change_of_variables():
     assert a.abs().max() < 1
 
 
+def test_discrete_soft_value_by_hand_ignores_unavailable_actions():
+    from marl.algos.sac import discrete_soft_value
+    from marl.nets.dists import mask_logits
+
+    logits = mask_logits(torch.zeros(1, 3), torch.tensor([[True, True, False]]))
+    logp = torch.log_softmax(logits, -1)
+    value = discrete_soft_value(logp.exp(), logp, torch.tensor([[1.0, 3.0, 100.0]]), torch.tensor([0.1]))
+    torch.testing.assert_close(value, torch.tensor([2.0 + 0.1 * math.log(2.0)]))  # 0.5 (1 + 0.1 ln 2) + 0.5 (3 + 0.1 ln 2)
+
+
 def test_ou_noise_has_the_stationary_std_the_learner_asks_for():
     theta, std = 0.15, 0.3
     sigma = std * math.sqrt(theta * (2 - theta))

@@ -58,6 +58,13 @@ class SACConfig(ReplayACConfig):
               "pass e.g. --target-entropy-scale 0.89")
 
 
+def discrete_soft_value(pi: Tensor, logp: Tensor, q: Tensor, alpha: Tensor) -> Tensor:
+    """Soft state value of discrete SAC, [...]: sum_a pi(a) (Q(a) - alpha log pi(a)) for pi,
+    log pi and Q [..., A] and alpha broadcastable to [...]. Unavailable actions have pi = 0 and
+    add nothing, whatever their Q."""
+    return (pi * (q - alpha.unsqueeze(-1) * logp)).sum(-1)
+
+
 class SACLearner(ReplayACLearner):
     actor_kind = "gaussian"
 
@@ -85,7 +92,7 @@ class SACLearner(ReplayACLearner):
                 pi_next, logp_next = self._discrete(s["next_obs"], s["next_avail"])
                 x_next = self.action_features(categorical_sample(logp_next, self.train_gen))
                 q_next = self.q_values(self.target_critic, s["next_obs"], next_state, x_next).min(0).values
-                v_next = (pi_next * (q_next - alpha.unsqueeze(-1) * logp_next)).sum(-1)
+                v_next = discrete_soft_value(pi_next, logp_next, q_next, alpha)
             else:
                 x_next, logp_next = self._continuous(s["next_obs"])
                 q_next = self.q_values(self.target_critic, s["next_obs"], next_state, x_next).squeeze(-1).min(0).values
@@ -99,7 +106,7 @@ class SACLearner(ReplayACLearner):
             pi, logp = self._discrete(s["obs"], s["avail"])
             with torch.no_grad():
                 q_all = self.q_values(self.critic, s["obs"], state, joint).min(0).values
-            loss = masked_mean((pi * (alpha.unsqueeze(-1) * logp - q_all)).sum(-1), mask)
+            loss = -masked_mean(discrete_soft_value(pi, logp, q_all, alpha), mask)
             neg_entropy = (pi * logp).sum(-1).detach()
             target_entropy = cfg.target_entropy_scale * s["avail"].sum(-1).clamp_min(1).float().log()
         else:
