@@ -2,5 +2,7 @@
 from marl.algos.registry import ALGOS, AlgoEntry
 from marl.algos import onpolicy  # noqa: F401  (registers ia2c, ippo, maa2c, mappo)
 from marl.algos import qlearning  # noqa: F401  (registers idqn, vdn, qmix, qtran)
+from marl.algos import ddpg  # noqa: F401  (registers maddpg, matd3)
+from marl.algos import sac  # noqa: F401  (registers isac, masac)
 
 __all__ = ["ALGOS", "AlgoEntry"]
