@@ -2,5 +2,6 @@
 from marl.algos.registry import ALGOS, AlgoEntry
 from marl.algos import onpolicy  # noqa: F401  (registers ia2c, ippo, maa2c, mappo)
 from marl.algos import qlearning  # noqa: F401  (registers idqn, vdn, qmix, qtran)
+from marl.algos import coma  # noqa: F401  (registers coma, maqac)
 
 __all__ = ["ALGOS", "AlgoEntry"]
