@@ -95,7 +95,7 @@ def test_critic_learns_the_q_table_of_a_three_step_matrix_game(algo):
     gamma = 0.9
     torch.set_num_threads(1)
     vec, learner, col = _learner(algo, {"episode_len": 3}, num_envs=64, rollout_len=2, lr=1e-12, critic_lr=1e-3,
-                                 gamma=gamma, td_lambda=0.5, ent_coef=0.0, target_update_interval=20)
+                                 gamma=gamma, td_lambda=0.5, ent_coef=0.0, target_update_interval=20, critic_steps=1)
     for i in range(500):
         learner.critic_opt.lr = 1e-3 if i < 400 else 1e-4  # the last steps average the sampling noise out
         learner.update(col.collect(2)[0])
@@ -122,7 +122,7 @@ def test_reaches_the_optimum_of_a_cooperative_matrix_game(tmp_path, algo, kw):
     agent's gradient pull the other's policy)."""
     solved = 0
     for seed in range(3):
-        cfg = TrainConfig(algo=algo, env="builtin/matrix_additive", steps=3200, num_envs=16, eval_interval=3200,
+        cfg = TrainConfig(algo=algo, env="builtin/matrix_additive", steps=1600, num_envs=16, eval_interval=1600,
                           eval_episodes=4, workers=0, run_dir=str(tmp_path / f"s{seed}"), wandb="disabled",
                           progress=False, seed=seed)
         out = train(cfg, ALGOS.get(algo).make_config(rollout_len=1, sharing="none", **kw))

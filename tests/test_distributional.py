@@ -92,11 +92,12 @@ def test_mappo_with_a_gmm_critic_learns_the_identity_task(tmp_path):
 @pytest.mark.slow
 def test_mappo_with_a_gmm_critic_learns_simple_spread(tmp_path):
     """A short simple_spread run (3 agents, 25 steps, team reward): the greedy return must beat the
-    random policy's -79.6 by a wide margin. `python -m pytest tests/test_distributional.py -m slow`."""
+    random policy's -79.6 by a wide margin (seed 1 gave -61.6 with the mixture critic and -63.7
+    without it, 32 episodes). `python -m pytest tests/test_distributional.py -m slow` (~2 min)."""
     cfg = TrainConfig(algo="mappo", env="mpe2/simple_spread_v3", steps=60_000, eval_interval=60_000, seed=1, num_envs=8,
                       eval_episodes=32, run_dir=str(tmp_path / "run"), wandb="disabled", progress=False)
     out = train(cfg, ALGOS.get("mappo").make_config(critic_dist="gmm", reward="sum"))
-    assert out["eval/return_mean"] > -65.0, out
+    assert out["eval/return_mean"] > -68.0, out
 
 
 @pytest.mark.parametrize("argv, expected", [
