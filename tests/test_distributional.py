@@ -81,6 +81,33 @@ def test_a_mixture_fitted_by_energy_distance_learns_a_two_point_return():
     assert (w * 0.5 * (1 + torch.erf((0.5 - mu) / (s * math.sqrt(2))))).sum().item() == pytest.approx(0.3, abs=0.04)
 
 
+@pytest.mark.parametrize("kw", [{"reward": "sum", "recurrent": True}, {"critic": "local"}, {"critic_net": "mlp"}])
+def test_gmm_critic_values_are_the_mixture_means_and_it_trains(kw):
+    """Every critic layout (team value, recurrent, local, MLP) gives a mixture of K components per
+    agent; the value is its mean Σ w μ, and an update moves it with finite losses."""
+    from marl import envs
+    from marl.core.rollout import Collector
+    from marl.core.vec import VecEnv
+
+    torch.manual_seed(0)
+    vec = VecEnv(envs.make_factory("mpe2/simple_spread_v3", max_cycles=5), 2, seed=0)
+    entry = ALGOS.get("mappo")
+    learner = entry.learner(entry.make_config(critic_dist="gmm", gmm_components=3, rollout_len=5, epochs=2, **kw), vec.spec,
+                            torch.device("cpu"))
+    collector = Collector(vec, learner, torch.device("cpu"))
+    batch, _ = collector.collect(5)
+    h = learner._split(batch["hidden0"])[1] if "hidden0" in batch else None
+    obs, state = batch["obs"][0], batch["state"][0]
+    out, _ = learner._critic_out(obs, state, h)
+    assert out.shape == (2, 3, 9)
+    w, mu, _ = gmm_params(out)
+    torch.testing.assert_close(learner._value(obs, state, h)[0], (w * mu).sum(-1))
+    stats = learner.update(batch)
+    assert all(math.isfinite(v) for v in stats.values()) and stats["loss/value"] > 0
+    assert not torch.equal(learner._critic_out(obs, state, h)[0], out)
+    vec.close()
+
+
 def test_mappo_with_a_gmm_critic_learns_the_identity_task(tmp_path):
     """As tests/test_onpolicy.py's identity task (random play ~4 of 16), with the mixture critic."""
     cfg = TrainConfig(algo="mappo", env="builtin/identity", steps=16_000, eval_interval=16_000, seed=3, num_envs=8,
