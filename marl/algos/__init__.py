@@ -4,5 +4,6 @@ from marl.algos import onpolicy  # noqa: F401  (registers ia2c, ippo, maa2c, map
 from marl.algos import qlearning  # noqa: F401  (registers idqn, vdn, qmix, qtran)
 from marl.algos import ddpg  # noqa: F401  (registers maddpg, matd3)
 from marl.algos import sac  # noqa: F401  (registers isac, masac)
+from marl.algos import coma  # noqa: F401  (registers coma, maqac)
 
 __all__ = ["ALGOS", "AlgoEntry"]

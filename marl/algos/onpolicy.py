@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 import torch
 
+from marl.algos.distributional import energy_distance, gmm_mean, gmm_params, point_mass
 from marl.algos.optim import adam, clip_grad_norm, flatten
 from marl.algos.registry import ALGOS, AlgoEntry
 from marl.algos.returns import RunningNorm, gae, normalize, own_gae, per_agent_rewards, preserve_outputs
@@ -35,6 +36,11 @@ from marl.nets.sharing import resolve_groups
 class OnPolicyConfig:
     critic: Literal["local", "central"] = "central"
     """Value critic input: 'local' (own observation: IA2C/IPPO) or 'central' (every agent's: MAA2C/MAPPO)."""
+    critic_dist: Literal["none", "gmm"] = "none"
+    """Value critic output: 'none' (one value, squared error) or 'gmm' (GMAC, Nam et al. 2021: a mixture of
+    Gaussians trained with the energy distance to the λ-return, a point mass; its mean is the value)."""
+    gmm_components: int = 5
+    """Gaussians in the mixture of a 'gmm' critic."""
     critic_net: Literal["sets", "mlp"] = "sets"
     """Network of a central critic: 'sets' (Deep Sets: every agent's observation through its
     sharing group's encoder, the embeddings averaged, plus the global state where it holds
@@ -108,6 +114,10 @@ class OnPolicyConfig:
               "pass --hidden with one or more positive layer widths, e.g. 64,64")
         check(0 <= self.gamma <= 1 and 0 <= self.gae_lambda <= 1, "gamma and gae_lambda must lie in [0, 1]", "pass values such as --gamma 0.99 --gae-lambda 0.95")
         check(self.clip >= 0 and self.value_clip >= 0, "clip and value_clip must be >= 0", "pass --clip 0.2 (or 0 for A2C)")
+        check(self.gmm_components > 0, f"gmm_components must be positive, got {self.gmm_components}", "pass --gmm-components 5")
+        if self.critic_dist == "gmm":
+            check(self.value_clip == 0 and not self.popart, "a 'gmm' critic has no single output to clip or rescale (value_clip, popart)",
+                  "pass --value-clip 0 --popart false with --critic-dist gmm")
         units = rollout_envs if self.recurrent else rollout_envs * self.rollout_len
         check(self.minibatches <= units, f"minibatches ({self.minibatches}) exceed the {units} samples in a rollout", "lower --minibatches or raise --rollout-len/--num-envs")
 
@@ -122,15 +132,17 @@ class OnPolicyLearner(torch.nn.Module):
                   layer_norm=config.layer_norm)
         self.actor = AgentNet(spec.obs_dim + extra, spec.n_actions, out_gain=0.01, groups=groups, **kw)
         self.sets = config.critic == "central" and config.critic_net == "sets"
+        self.gmm = config.critic_dist == "gmm"
+        v_out = 3 * config.gmm_components if self.gmm else 1  # a mixture: logits, means, raw stds
         self.context_dim = 0 if spec.state_is_concat_obs else spec.state_dim  # the state part a set critic reads
         if self.sets:
-            self.critic = SetNet(spec.obs_dim + extra, self.context_dim, 1, groups=groups,
+            self.critic = SetNet(spec.obs_dim + extra, self.context_dim, v_out, groups=groups,
                                  per_agent=not config.team_value, out_gain=1.0, **kw)
         elif config.team_value:  # one network for the team, whatever the actors share
-            self.critic = AgentNet(spec.state_dim, 1, out_gain=1.0, groups=torch.zeros(n, dtype=torch.long), **kw)
+            self.critic = AgentNet(spec.state_dim, v_out, out_gain=1.0, groups=torch.zeros(n, dtype=torch.long), **kw)
         else:
             critic_in = spec.state_dim if config.critic == "central" else spec.obs_dim
-            self.critic = AgentNet(critic_in + extra, 1, out_gain=1.0, groups=groups, **kw)
+            self.critic = AgentNet(critic_in + extra, v_out, out_gain=1.0, groups=groups, **kw)
         if not spec.discrete:
             self.log_std = torch.nn.Parameter(torch.zeros(int(groups.max()) + 1, spec.n_actions))
             self.register_buffer("groups", groups)
@@ -157,13 +169,18 @@ class OnPolicyLearner(torch.nn.Module):
             v_in = state.unsqueeze(-2).expand(*state.shape[:-1], self.n, state.shape[-1])
         return with_agent_id(v_in) if self.cfg.agent_id and not self.cfg.team_value else v_in
 
-    def _value(self, obs: torch.Tensor, state: torch.Tensor, h=None) -> tuple[torch.Tensor, Any]:
-        """Normalised values [..., N] and the critic's next hidden state."""
+    def _critic_out(self, obs: torch.Tensor, state: torch.Tensor, h=None) -> tuple[torch.Tensor, Any]:
+        """The critic's output [..., N, 1] (a mixture's [..., N, 3K] with 'gmm') and its next hidden state."""
         if self.sets:
             out, h = self.critic(self._with_id(obs), state[..., :self.context_dim], h)
         else:
             out, h = self.critic(self._critic_in(obs, state), h)
-        return out.squeeze(-1).expand(*obs.shape[:-1]), h
+        return out.expand(*obs.shape[:-1], out.shape[-1]), h
+
+    def _value(self, obs: torch.Tensor, state: torch.Tensor, h=None) -> tuple[torch.Tensor, Any]:
+        """Normalised values [..., N] (a mixture's mean) and the critic's next hidden state."""
+        out, h = self._critic_out(obs, state, h)
+        return (gmm_mean(out) if self.gmm else out.squeeze(-1)), h
 
     def initial_hidden(self, num_envs: int):
         if not self.cfg.recurrent:
@@ -210,10 +227,11 @@ class OnPolicyLearner(torch.nn.Module):
 
     # -- learning -----------------------------------------------------------------------
     def _evaluate(self, b: dict, h0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Log-probs, entropies and normalised values of the stored actions, [T, E, N]."""
+        """Log-probs, entropies and normalised values of the stored actions, [T, E, N] (a 'gmm'
+        critic's mixtures [T, E, N, 3K] instead of values)."""
         ha, hc = self._split(h0)
         out = unroll(self.actor, (self._with_id(b["obs"]),), ha, b["done"])
-        values = unroll(self._value, (b["obs"], b["state"]), hc, b["done"])
+        values = unroll(self._critic_out if self.gmm else self._value, (b["obs"], b["state"]), hc, b["done"])
         if self.spec.discrete:
             return (*categorical_logp_entropy(mask_logits(out, b["avail"]), b["actions"]), values)
         log_std = self._log_std().expand_as(out)
@@ -315,7 +333,10 @@ class OnPolicyLearner(torch.nn.Module):
             pg_loss = -mean(torch.min(ratio * a, ratio.clamp(1 - cfg.clip, 1 + cfg.clip) * a))
         else:
             pg_loss = -mean(logp * a)
-        v_loss = (values - ret) ** 2
+        if self.gmm:  # GMAC: energy distance between the predicted mixture and the λ-return
+            v_loss = energy_distance(gmm_params(values), point_mass(ret))
+        else:
+            v_loss = (values - ret) ** 2
         if cfg.value_clip > 0:
             clipped = ov + (values - ov).clamp(-cfg.value_clip, cfg.value_clip)
             v_loss = torch.max(v_loss, (clipped - ret) ** 2)
