@@ -12,7 +12,6 @@ import re
 import sys
 import time
 from dataclasses import replace
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -200,13 +199,12 @@ def _eval_envs(cfg: TrainConfig, episodes: int) -> int:
     return cfg.eval_num_envs or min(episodes, MAX_EVAL_ENVS)
 
 
-def _evaluator(cfg: TrainConfig, entry, algo_cfg, make_fn, spec, device: torch.device):
+def _evaluator(cfg: TrainConfig, make_fn, spec, device: torch.device):
     """Greedy evaluations of a run: in a background process, or with --workers 0 in this one."""
     num_envs, seed = _eval_envs(cfg, cfg.eval_episodes), cfg.seed + EVAL_SEED_OFFSET
     if cfg.workers == 0:
         return Evaluator(make_fn, spec, num_envs, cfg.eval_episodes, seed, device)
-    policy = partial(entry.learner, algo_cfg, spec, torch.device("cpu"), cfg.seed)
-    return BackgroundEvaluator(make_fn, spec, policy, num_envs, cfg.eval_episodes, seed)
+    return BackgroundEvaluator(make_fn, spec, num_envs, cfg.eval_episodes, seed)
 
 
 def train(cfg: TrainConfig, algo_cfg=None, set_fields=None) -> dict:
@@ -260,7 +258,7 @@ def train(cfg: TrainConfig, algo_cfg=None, set_fields=None) -> dict:
         group = config_group({**config["train"], "algo_config": config["algo"]})
         logger = RunLogger(run_dir, config, wandb_mode=cfg.wandb, project=cfg.wandb_project, entity=cfg.wandb_entity,
                            group=group, name=run_dir.name, total_steps=cfg.steps, progress=cfg.progress, start_step=step)
-        evals = _evaluator(cfg, entry, algo_cfg, make_fn, vec.spec, device) if cfg.eval_interval > 0 else None
+        evals = _evaluator(cfg, make_fn, vec.spec, device) if cfg.eval_interval > 0 else None
     except BaseException:
         for close in (vec.close, lock.release, *((logger.close,) if logger is not None else ())):
             close()
@@ -282,7 +280,7 @@ def train(cfg: TrainConfig, algo_cfg=None, set_fields=None) -> dict:
 
     def start_eval() -> None:
         log_evals()  # at most one in flight
-        evals.start(step, learner)
+        evals.start(step, learner.policy())
         last["eval"] = step
 
     def save() -> None:
@@ -379,9 +377,10 @@ def evaluate(checkpoint: str, episodes: int = 32, video: str = "", device: str =
     make_fn, vec, learner = build(replace(cfg, workers=0), algo_cfg, dev)
     vec.close()  # the training envs: built for the spec and the config's checks
     _load_model(learner, ckpt["model"], path)
+    policy = learner.policy().to(dev)
     vec = VecEnv(make_fn, _eval_envs(cfg, episodes), seed=eval_seed, workers=0, spec=vec.spec)
     try:
-        eps = run_episodes(vec, learner, episodes, dev, seed=eval_seed)
+        eps = run_episodes(vec, policy, episodes, dev, seed=eval_seed)
     finally:
         vec.close()
     out = episode_metrics("eval", eps, vec.spec.agents)
@@ -389,7 +388,7 @@ def evaluate(checkpoint: str, episodes: int = 32, video: str = "", device: str =
         from marl.video import record_video
 
         try:
-            out["video"] = record_video(cfg.env, cfg.env_kwargs, learner, dev, video, seed=eval_seed)
+            out["video"] = record_video(cfg.env, cfg.env_kwargs, policy, dev, video, seed=eval_seed)
         except MarlError as err:
             err.partial = out
             raise

@@ -9,6 +9,7 @@ team return, 0 by construction, cannot say).
 """
 from __future__ import annotations
 
+import copy
 from typing import Any, Sequence
 
 import numpy as np
@@ -18,6 +19,34 @@ from marl.core.errors import MarlError
 from marl.core.rollout import Policy
 from marl.core.spec import EnvSpec
 from marl.core.vec import EpisodeStats
+
+
+def device_generator(gen: torch.Generator, device: torch.device) -> torch.Generator:
+    """`gen` when it lives on `device`, else a new generator there seeded with gen's seed (a
+    frozen policy moved to another device keeps sampling)."""
+    if gen.device.type == device.type and (gen.device.index or 0) == (device.index or 0):
+        return gen
+    out = torch.Generator(device=device)
+    out.manual_seed(gen.initial_seed())
+    return out
+
+
+def frozen_copy(module: torch.nn.Module) -> torch.nn.Module:
+    """A deep copy of an acting module on the CPU, in eval mode, without gradients. Its tensors
+    are fresh CPU copies: a learner's parameters are views into one flat buffer that holds its
+    critic and every other network too, which a plain deepcopy would copy whole."""
+    memo: dict[int, Any] = {}
+    for p in module.parameters():
+        memo[id(p)] = torch.nn.Parameter(p.detach().to("cpu", copy=True), requires_grad=False)
+    for b in module.buffers():
+        memo[id(b)] = b.detach().to("cpu", copy=True)
+    for m in module.modules():
+        for v in vars(m).values():
+            if isinstance(v, torch.Generator):
+                memo[id(v)] = device_generator(v, torch.device("cpu")) if v.device.type != "cpu" else copy.deepcopy(v)
+    out = copy.deepcopy(module, memo)
+    out.eval()
+    return out.requires_grad_(False)
 
 
 class RandomPolicy:
