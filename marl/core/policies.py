@@ -180,7 +180,7 @@ class PolicyMap:
         E, N = obs.shape[:2]
         seats = self.seats.to(obs.device)
         actions = None
-        states, extras = [], {"seats": seats}
+        states, extras = [], {"seats": seats.clone()}  # a copy: the seats may be redrawn before the collector stores it
         for k, (policy, spec, h) in enumerate(zip(self.policies, self.specs, hidden)):
             idx = seats[:, self.columns(k)] if self.shuffle else self.fixed[self.columns(k)].to(obs.device)
             sub = {key: narrow_agents(take(inputs[key], idx, 1), key, spec, 1) for key in AGENT_FIELDS}
