@@ -180,3 +180,16 @@ def test_bad_policy_maps_are_one_line_exit_2_and_write_nothing(tmp_path, capsys)
         err = capsys.readouterr().err.strip().splitlines()
         assert info.value.code == 2 and len(err) == 1 and words in err[0], err
         assert not run_dir.exists()
+
+
+def test_evaluate_a_run_of_several_policies_reproduces_its_last_evaluation(tmp_path):
+    from marl.train import evaluate
+
+    cfg = TrainConfig(algo="ippo", env="mpe2/simple_push_v3", env_kwargs={"max_cycles": 8}, policies="adversary=ippo agent=mappo",
+                      steps=160, num_envs=4, workers=2, eval_interval=160, eval_episodes=6, wandb="disabled", progress=False,
+                      run_dir=str(tmp_path / "run"))
+    train(cfg, ALGOS.get("ippo").make_config(rollout_len=8, epochs=1))
+    last = [r for r in _metrics(tmp_path / "run") if "eval/return_mean" in r][-1]
+    again = evaluate(str(tmp_path / "run"), episodes=6, device="cpu", video=str(tmp_path / "ep.gif"))
+    assert again.pop("video") and {k: v for k, v in last.items() if k.startswith("eval/")} == again
+    assert "eval/adversary/return_mean" in again and "eval/agent/return_mean" in again
