@@ -193,3 +193,30 @@ def test_evaluate_a_run_of_several_policies_reproduces_its_last_evaluation(tmp_p
     again = evaluate(str(tmp_path / "run"), episodes=6, device="cpu", video=str(tmp_path / "ep.gif"))
     assert again.pop("video") and {k: v for k, v in last.items() if k.startswith("eval/")} == again
     assert "eval/adversary/return_mean" in again and "eval/agent/return_mean" in again
+
+
+COMPETITIVE = [
+    ("mpe2/simple_tag_v3", {"max_cycles": 8}, "adversary=ippo agent=random", "fixed", False),
+    ("mpe2/simple_adversary_v3", {"max_cycles": 8}, "adversary=ippo agent=mappo", "fixed", False),
+    ("mpe2/simple_push_v3", {"max_cycles": 8}, "adversary=ia2c agent=ippo", "fixed", False),
+    ("pettingzoo.classic/tictactoe_v3", {}, "player_1=ippo player_2=random", "shuffle", True),
+    ("pettingzoo.classic/connect_four_v3", {}, "player_0=ippo player_1=random", "shuffle", True),
+    ("pettingzoo.classic/leduc_holdem_v4", {}, "player_0=ippo player_1=random", "shuffle", True),
+    ("pettingzoo.classic/rps_v2", {}, "player_0=ippo player_1=random", "fixed", True),
+]
+
+
+@pytest.mark.parametrize("env,kw,policies,seats,zero_sum", COMPETITIVE, ids=[c[0].split("/")[1] for c in COMPETITIVE])
+def test_competitive_envs_run_end_to_end_with_per_team_results(tmp_path, env, kw, policies, seats, zero_sum):
+    cfg = TrainConfig(algo="ippo", env=env, env_kwargs=kw, policies=policies, seats=seats, steps=64, num_envs=4, workers=0,
+                      eval_interval=64, eval_episodes=16, wandb="disabled", progress=False, run_dir=str(tmp_path / "run"))
+    out = train(cfg, ALGOS.get("ippo").make_config(rollout_len=16, epochs=1))
+    names = [p.split("=")[0] for p in policies.split()]
+    assert all(f"eval/{n}/return_mean" in out for n in names), out
+    if zero_sum:  # both sides' results, which the summed team return (0) cannot give
+        for n in names:
+            assert out[f"eval/{n}/win_rate"] + out[f"eval/{n}/draw_rate"] + out[f"eval/{n}/loss_rate"] == pytest.approx(1.0)
+        assert out[f"eval/{names[0]}/win_rate"] == pytest.approx(out[f"eval/{names[1]}/loss_rate"])
+        assert out["eval/return_mean"] == pytest.approx(0.0, abs=1e-6)
+    else:
+        assert not any(k.endswith("win_rate") for k in out)
