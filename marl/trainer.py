@@ -13,8 +13,10 @@ learner updates from its own agents' rows only (`slot_batch`).
 
 Callbacks are objects with any of these methods (each gets the trainer first):
 `on_step_start(t)`, `on_collect(t, batch, episodes)`, `on_update(t, metrics)` (may add keys to
-the metrics dict; they are logged with the next row), `on_evaluate(t, step, episodes)` (a dict
-it returns is logged in the evaluation's row), `on_log(t, step, row)`, `on_checkpoint(t, payload)`;
+the metrics dict; they are logged when this step writes a row), `on_evaluate(t, step, episodes)`
+(a dict it returns is logged in the evaluation's row; with such a callback the trainer waits for
+each evaluation right after starting it, so the callback sees it at the same point of every
+run, resumed or not), `on_log(t, step, row)`, `on_checkpoint(t, payload)`;
 and `state_dict()` / `load_state_dict(state)`, kept in the checkpoint (`payload["callbacks"]`),
 so a resume restores them.
 """
@@ -284,6 +286,8 @@ class Trainer:
         seed = self.cfg.seed + EVAL_SEED_OFFSET
         self.evals.start(self.step_count, self._eval_policy(seed=seed))
         self.last["eval"] = self.step_count
+        if any(hasattr(cb, "on_evaluate") for cb in self.callbacks):
+            self.log_evals()  # the callbacks see each evaluation at once: at the same point of every run, resumed or not
 
     def log(self, metrics: dict[str, float]) -> None:
         self.log_evals()
