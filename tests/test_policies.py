@@ -305,3 +305,25 @@ def test_callbacks_hook_in_and_resume_exactly(tmp_path, policies):
     assert rows == _metrics(tmp_path / "split") and resumed.episodes == full.episodes > 0
     assert [r["eval/cb_episodes"] for r in rows if "eval/cb_episodes" in r][-1] == full.episodes
     assert any("train/cb_episodes" in r for r in rows) and full.hooks == {"on_step_start", "on_collect", "on_checkpoint"}
+
+
+def first_legal(spec):
+    """A `module:factory` policy for --policies: the first available action of each agent."""
+    return Recorder(None)
+
+
+def test_frozen_choices_module_factory_and_a_checkpoint_of_another_run(tmp_path, capsys):
+    base = dict(algo="ippo", env="mpe2/simple_push_v3", env_kwargs={"max_cycles": 8}, steps=64, num_envs=4, workers=0,
+                eval_interval=64, eval_episodes=4, wandb="disabled", progress=False)
+    ippo = ALGOS.get("ippo").make_config(rollout_len=8, epochs=1)
+    train(TrainConfig(policies="adversary=ippo agent=test_policies:first_legal", run_dir=str(tmp_path / "one"), **base), ippo)
+    train(TrainConfig(policies=f"adversary={tmp_path / 'one'}#adversary agent=ippo", run_dir=str(tmp_path / "two"), **base), ippo)
+    trained = load_checkpoint(tmp_path / "one" / "checkpoints" / "latest.pt")["slots"]["adversary"]["model"]
+    frozen = load_checkpoint(tmp_path / "two" / "checkpoints" / "latest.pt")["slots"]["adversary"]["policy"].state_dict()
+    assert frozen and all(torch.equal(v, trained[k]) for k, v in frozen.items())
+    for text, words in ((f"adversary={tmp_path / 'one'}#nosuch agent=ippo", "has no policy 'nosuch'"),
+                        (f"adversary=ippo agent={tmp_path / 'one'}#adversary", "does not fit the agents"),
+                        ("adversary=ippo agent=nosuchmodule:f", "ModuleNotFoundError")):
+        with pytest.raises(MarlError) as info:
+            train(TrainConfig(policies=text, run_dir=str(tmp_path / "bad"), **base), ippo)
+        assert words in str(info.value) and not (tmp_path / "bad").exists()
