@@ -1,6 +1,7 @@
 """Policies apart from learners (a learner's `policy()` is a small frozen acting copy), several
 policies in one run (the agent -> policy map, each learner on its own rows), the trainer's
 callbacks, competitive envs end to end, and exact resume of all of it."""
+import dataclasses
 import json
 
 import pytest
@@ -31,33 +32,38 @@ def _numel(module):
     return sum(t.numel() for t in (*module.parameters(), *module.buffers()))
 
 
-def test_frozen_policies_are_small_and_act_as_the_learner():
-    for algo, acting_net, kw in (("mappo", "actor", {}), ("ippo", "actor", {"recurrent": True}), ("qmix", "net", {"reward": "sum"})):
-        vec, learner = _learner(algo, **kw)
-        batch, _ = Collector(vec, learner, CPU).collect(8)
-        learner.update(batch)
-        policy = learner.policy()
-        # only the acting network: no critic, mixer or target parameters, no optimiser or replay
-        keys = set(policy.state_dict())
-        assert keys and all(k.startswith(acting_net + ".") for k in keys), sorted(keys)
-        assert _numel(policy) == _numel(getattr(learner, acting_net)) < _numel(learner)
-        assert not any(hasattr(policy, name) for name in ("opt", "replay", "critic", "target_net"))
-        assert all(not p.requires_grad and p.device.type == "cpu" for p in policy.parameters())
-        # its own tensors, not views of the learner's flat buffer
-        assert all(p.untyped_storage().nbytes() == p.numel() * p.element_size() for p in policy.parameters())
-        inputs = to_tensors(vec.reset(3), CPU)
-        h = learner.initial_hidden(3)
-        want, _, _ = learner.act(inputs, h, False)
-        got, _, _ = policy.act(inputs, policy.initial_hidden(3), False)
-        assert torch.equal(want, got)
-        # later updates do not reach the copy, and a copy loads another copy's weights
-        before = {k: v.clone() for k, v in policy.state_dict().items()}
-        learner.update(Collector(vec, learner, CPU).collect(8)[0])
-        assert all(torch.equal(before[k], v) for k, v in policy.state_dict().items())
-        fresh = learner.policy()
-        policy.load_state_dict(fresh.state_dict())
-        assert all(torch.equal(fresh.state_dict()[k], v) for k, v in policy.state_dict().items())
-        vec.close()
+def _team_kw(algo: str, **kw) -> dict:
+    """A team reward where the config has one (the mixers need it)."""
+    names = {f.name for f in dataclasses.fields(ALGOS.get(algo).config)}
+    return {**({"reward": "sum"} if "reward" in names else {}), **kw}
+
+
+@pytest.mark.parametrize("algo,kw", [(a, {"recurrent": True} if a == "ippo" else {}) for a in ALGOS.names()])
+def test_frozen_policies_are_small_and_act_as_the_learner(algo, kw):
+    """Every registered learner hands out a copy of its acting networks only, which acts as it
+    does and does not follow its later updates."""
+    vec, learner = _learner(algo, **_team_kw(algo, **kw))
+    batch, _ = Collector(vec, learner, CPU).collect(8)
+    learner.update(batch)
+    policy = learner.policy()
+    # only the acting network: no critic, mixer or target parameters, no optimiser or replay
+    assert 0 < _numel(policy) < _numel(learner)
+    assert not any(hasattr(policy, name) for name in ("opt", "replay", "critic", "target_net", "critic_opt"))
+    assert all(not p.requires_grad and p.device.type == "cpu" for p in policy.parameters())
+    # its own tensors, not views of the learner's flat buffer
+    assert all(p.untyped_storage().nbytes() == p.numel() * p.element_size() for p in policy.parameters())
+    inputs = to_tensors(vec.reset(3), CPU)
+    want, _, _ = learner.act(inputs, learner.initial_hidden(3), False)
+    got, _, _ = policy.act(inputs, policy.initial_hidden(3), False)
+    assert torch.equal(want, got)
+    # later updates do not reach the copy, and a copy loads another copy's weights
+    before = {k: v.clone() for k, v in policy.state_dict().items()}
+    learner.update(Collector(vec, learner, CPU).collect(8)[0])
+    assert all(torch.equal(before[k], v) for k, v in policy.state_dict().items())
+    fresh = learner.policy()
+    policy.load_state_dict(fresh.state_dict())
+    assert all(torch.equal(fresh.state_dict()[k], v) for k, v in policy.state_dict().items())
+    vec.close()
 
 
 def test_exploring_policy_samples_like_the_learner():

@@ -27,6 +27,7 @@ from marl.algos.optim import adam, clip_grad_norm, flatten
 from marl.algos.registry import ALGOS, AlgoEntry
 from marl.algos.returns import masked_mean, own_gae, per_agent_rewards
 from marl.core.errors import check
+from marl.core.policies import frozen_copy
 from marl.core.spec import EnvSpec
 from marl.nets.dists import categorical_greedy, categorical_logp_entropy, categorical_sample, mask_logits
 from marl.nets.models import AgentNet, with_agent_id
@@ -144,7 +145,7 @@ class ComaLearner(torch.nn.Module):
 
     def policy(self) -> torch.nn.Module:
         """A frozen CPU copy of the actor (acts as the learner does, without critic or optimiser)."""
-        return copy.deepcopy(self.actor).cpu().eval().requires_grad_(False)
+        return frozen_copy(self.actor)
 
     # -- critic inputs ----------------------------------------------------------------------
     def _base_in(self, state: torch.Tensor, obs: torch.Tensor) -> torch.Tensor:

@@ -37,6 +37,7 @@ from marl.algos.optim import adam, clip_grad_norm, flatten
 from marl.algos.returns import masked_mean, per_agent_rewards
 from marl.algos.transitions import TransitionReplay, transition_rows
 from marl.core.errors import MarlError, check
+from marl.core.policies import frozen_copy
 from marl.core.spec import EnvSpec
 from marl.nets.dists import categorical_greedy, categorical_sample, mask_logits
 from marl.nets.models import AgentNet, with_agent_id
@@ -268,10 +269,7 @@ class ReplayACLearner(nn.Module):
 
     def policy(self) -> nn.Module:
         """A frozen copy of the acting networks (no critic, optimiser or replay)."""
-        out = copy.deepcopy(self.actor).cpu().eval()
-        for p in out.parameters():
-            p.requires_grad_(False)
-        return out
+        return frozen_copy(self.actor)
 
     def _noise(self, shape: torch.Size) -> Tensor | None:
         """Exploration noise of a deterministic actor while exploring (None: the actor's own)."""
