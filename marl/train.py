@@ -209,11 +209,56 @@ def _evaluator(cfg: TrainConfig, entry, algo_cfg, make_fn, spec, device: torch.d
     return BackgroundEvaluator(make_fn, spec, policy, num_envs, cfg.eval_episodes, seed)
 
 
-def train(cfg: TrainConfig, algo_cfg=None, set_fields=None) -> dict:
+class Callback:
+    """Hooks into the trainer's stages (the base class does nothing at each). `name` keys the
+    callback's `config()` in config.yaml and its `state_dict()` in checkpoints, so a resumed
+    run continues it exactly.
+
+    setup(learner, spec, make_fn, cfg, device) once the learner is built; policy(learner): the
+    collector's policy (None: the learner); learner_batch(batch): the rollout the learner's
+    update sees; after_update(step, episodes) -> metrics logged with the training row;
+    evaluate(step) -> metrics logged at each evaluation; finish(run_dir) at every checkpoint
+    and the end (files in the run directory); close()."""
+
+    name = "callback"
+
+    def config(self) -> dict:
+        return {}
+
+    def setup(self, learner, spec, make_fn, cfg: TrainConfig, device: torch.device) -> None:
+        pass
+
+    def policy(self, learner):
+        return None
+
+    def learner_batch(self, batch: dict) -> dict:
+        return batch
+
+    def after_update(self, step: int, episodes: list[EpisodeStats]) -> dict[str, float]:
+        return {}
+
+    def evaluate(self, step: int) -> dict[str, float]:
+        return {}
+
+    def finish(self, run_dir: Path) -> None:
+        pass
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def train(cfg: TrainConfig, algo_cfg=None, set_fields=None, callbacks=()) -> dict:
     """Train `cfg.algo` on `cfg.env`; returns the final metrics. See TrainConfig for fields.
 
     With `cfg.resume` the run's saved config is the base and `cfg` changes only the fields named
-    in `set_fields` (None: those not at TrainConfig's defaults); see `resumed_configs`."""
+    in `set_fields` (None: those not at TrainConfig's defaults); see `resumed_configs`.
+    `callbacks` (`Callback`s) hook into the stages, e.g. self-play (marl.population)."""
     entry = ALGOS.get(cfg.algo)
     run_dir = run_dir_for(cfg)
     resume_from = None
@@ -233,17 +278,22 @@ def train(cfg: TrainConfig, algo_cfg=None, set_fields=None) -> dict:
         torch.set_num_threads(cfg.torch_threads)
     make_fn, vec, learner = build(cfg, algo_cfg, device)
     try:
+        for cb in callbacks:  # a callback's bad input fails here, before the run directory is touched
+            cb.setup(learner, vec.spec, make_fn, cfg, device)
         lock = _claim_run_dir(run_dir, cfg, holds_run)
     except BaseException:
         vec.close()
+        for cb in callbacks:
+            cb.close()
         raise
-    config = {"train": to_dict(cfg), "algo": {"name": cfg.algo, **to_dict(algo_cfg)}}
+    config = {"train": to_dict(cfg), "algo": {"name": cfg.algo, **to_dict(algo_cfg)}, **{cb.name: cb.config() for cb in callbacks}}
     logger = None
     try:
         # resume/overwrite are actions of this invocation, not settings: `--config <this file>` must not repeat them
         save_yaml(run_dir / "config.yaml", {"train": to_dict(replace(cfg, resume=False, overwrite=False, allow_config_change=False)),
-                                            "algo": to_dict(algo_cfg)})
-        collector = Collector(vec, learner, device)
+                                            "algo": to_dict(algo_cfg), **{cb.name: cb.config() for cb in callbacks}})
+        policy = next((p for p in (cb.policy(learner) for cb in callbacks) if p is not None), learner)
+        collector = Collector(vec, policy, device)
         step = updates = 0
         last = {"log": 0, "eval": 0, "ckpt": 0}
         if resume_from is not None:
@@ -252,6 +302,8 @@ def train(cfg: TrainConfig, algo_cfg=None, set_fields=None) -> dict:
             learner.load_extra_state(ckpt["extra"])
             collector.load_state_dict(ckpt["collector"])
             _set_rng_state(ckpt["rng"])
+            for cb in callbacks:
+                cb.load_state_dict(ckpt["callbacks"][cb.name])
             step, updates = ckpt["step"], ckpt["updates"]
             last = {**dict.fromkeys(last, step), **ckpt.get("schedule", {})}
             _rewind_metrics(run_dir, ckpt.get("metrics_bytes"))
@@ -262,7 +314,7 @@ def train(cfg: TrainConfig, algo_cfg=None, set_fields=None) -> dict:
                            group=group, name=run_dir.name, total_steps=cfg.steps, progress=cfg.progress, start_step=step)
         evals = _evaluator(cfg, entry, algo_cfg, make_fn, vec.spec, device) if cfg.eval_interval > 0 else None
     except BaseException:
-        for close in (vec.close, lock.release, *((logger.close,) if logger is not None else ())):
+        for close in (vec.close, lock.release, *((logger.close,) if logger is not None else ()), *(cb.close for cb in callbacks)):
             close()
         raise
     per_update = algo_cfg.rollout_len * cfg.num_envs
@@ -284,6 +336,8 @@ def train(cfg: TrainConfig, algo_cfg=None, set_fields=None) -> dict:
         log_evals()  # at most one in flight
         evals.start(step, learner)
         last["eval"] = step
+        for cb in callbacks:
+            logger.log(step, cb.evaluate(step))
 
     def save() -> None:
         # an evaluation of this very step may still run: the checkpoint says so, and a resumed
@@ -294,8 +348,11 @@ def train(cfg: TrainConfig, algo_cfg=None, set_fields=None) -> dict:
         payload = {"version": 1, "step": step, "updates": updates, "model": learner.state_dict(), "extra": learner.extra_state(),
                    "collector": collector.state_dict(), "rng": _rng_state(), "config": {"train": to_dict(cfg), "algo": to_dict(algo_cfg)},
                    "eval_pending": evals is not None and bool(evals.pending),
-                   "schedule": dict(last), "metrics_bytes": logger.offset, "window": list(window)}
+                   "schedule": dict(last), "metrics_bytes": logger.offset, "window": list(window),
+                   "callbacks": {cb.name: cb.state_dict() for cb in callbacks}}
         save_step_checkpoint(run_dir, step, payload)
+        for cb in callbacks:
+            cb.finish(run_dir)
 
     exit_code = 1
     try:
@@ -304,6 +361,8 @@ def train(cfg: TrainConfig, algo_cfg=None, set_fields=None) -> dict:
         while step < cfg.steps:
             t0 = time.perf_counter()
             batch, episodes = collector.collect(algo_cfg.rollout_len)
+            for cb in callbacks:
+                batch = cb.learner_batch(batch)
             metrics = learner.update(batch)
             bad = sorted(k for k, v in metrics.items() if not math.isfinite(v))
             if not bad and not _finite(learner):
@@ -314,6 +373,8 @@ def train(cfg: TrainConfig, algo_cfg=None, set_fields=None) -> dict:
             train_time += time.perf_counter() - t0
             step += per_update
             updates += 1
+            for cb in callbacks:
+                metrics.update(cb.after_update(step, episodes))
             window.extend(episodes)
             if step - last["log"] >= cfg.log_interval or step >= cfg.steps:
                 log_evals()
@@ -334,6 +395,8 @@ def train(cfg: TrainConfig, algo_cfg=None, set_fields=None) -> dict:
         vec.close()
         if evals is not None:
             evals.close()
+        for cb in callbacks:
+            cb.close()
         lock.release()
     return {"step": step, "run_dir": str(run_dir), **final}
 

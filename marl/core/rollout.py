@@ -37,6 +37,13 @@ def reset_hidden(hidden: Any, done: torch.Tensor) -> Any:
     return hidden * (~done).view(-1, *([1] * (hidden.dim() - 1))).to(hidden.dtype)
 
 
+def _to(hidden: Any, device: torch.device) -> Any:
+    """A recurrent state (None, a tensor or a list of them) on `device`."""
+    if isinstance(hidden, list):
+        return [_to(h, device) for h in hidden]
+    return None if hidden is None else hidden.to(device)
+
+
 class Collector:
     """Steps a VecEnv with a policy and keeps the last observation between calls."""
 
@@ -86,7 +93,7 @@ class Collector:
         self.vec.set_state(state["envs"])
         self.last = {k: v.to(self.device) for k, v in state["last"].items()}
         self.last.setdefault("acting", self.last["alive"])  # saved without an acting mask: parallel envs, where it is alive
-        self.hidden = state["hidden"].to(self.device) if state["hidden"] is not None else None
+        self.hidden = _to(state["hidden"], self.device)
 
 
 @torch.no_grad()

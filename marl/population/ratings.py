@@ -42,11 +42,17 @@ class Ratings:
         mu, sigma = self.players[name]
         return mu - 3 * sigma
 
-    def record(self, step: int) -> dict[str, float]:
-        """Append every player's rating at env step `step` to the history; returns the metrics
-        to log (rating/<name> = mu, plus the learner's sigma)."""
+    def remove_unrated(self, name: str) -> None:
+        """Forget a player that left before playing a rated game."""
+        if name != LEARNER and not any(h["player"] == name for h in self.history) and name in self.players:
+            del self.players[name]
+
+    def record(self, step: int, names=None) -> dict[str, float]:
+        """Append the ratings of `names` (None: every player) at env step `step` to the history;
+        returns the metrics to log (rating/<name> = mu, plus the learner's sigma)."""
         out: dict[str, float] = {}
-        for name, (mu, sigma) in self.players.items():
+        for name in self.players if names is None else names:
+            mu, sigma = self.players[name]
             self.history.append({"step": step, "player": name, "mu": mu, "sigma": sigma})
             out[f"rating/{name}"] = mu
         if LEARNER in self.players:
