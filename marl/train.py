@@ -217,8 +217,8 @@ class Callback:
     setup(learner, spec, make_fn, cfg, device) once the learner is built; policy(learner): the
     collector's policy (None: the learner); learner_batch(batch): the rollout the learner's
     update sees; after_update(step, episodes) -> metrics logged with the training row;
-    evaluate(step) -> metrics logged at each evaluation; finish(run_dir) at every checkpoint
-    and the end (files in the run directory); close()."""
+    evaluate(step) -> metrics logged at each evaluation; finish(run_dir) at the end (files in
+    the run directory); close()."""
 
     name = "callback"
 
@@ -351,8 +351,6 @@ def train(cfg: TrainConfig, algo_cfg=None, set_fields=None, callbacks=()) -> dic
                    "schedule": dict(last), "metrics_bytes": logger.offset, "window": list(window),
                    "callbacks": {cb.name: cb.state_dict() for cb in callbacks}}
         save_step_checkpoint(run_dir, step, payload)
-        for cb in callbacks:
-            cb.finish(run_dir)
 
     exit_code = 1
     try:
@@ -389,6 +387,8 @@ def train(cfg: TrainConfig, algo_cfg=None, set_fields=None, callbacks=()) -> dic
                 save()
                 last["ckpt"] = step
         log_evals()
+        for cb in callbacks:
+            cb.finish(run_dir)
         exit_code = 0
     finally:
         logger.close(exit_code)

@@ -89,9 +89,12 @@ class Ratings:
             sigma = [h["sigma"] for h in rows]
             line, = ax.plot(steps, mu, label=name, lw=2.5 if name == LEARNER else 1.2)
             ax.fill_between(steps, [m - s for m, s in zip(mu, sigma)], [m + s for m, s in zip(mu, sigma)], color=line.get_color(), alpha=0.12)
+        if not self.history:
+            ax.text(0.5, 0.5, "no evaluation yet", ha="center", transform=ax.transAxes)
         ax.set_xlabel("env steps")
         ax.set_ylabel("OpenSkill rating (mu ± sigma)")
-        ax.legend(fontsize=7, loc="best")
+        if self.history:
+            ax.legend(fontsize=7, loc="best")
         fig.tight_layout()
         fig.savefig(path, dpi=100)
         plt.close(fig)

@@ -185,10 +185,16 @@ class SelfPlayPolicy:
             fresh = torch.ones_like(fresh)
         actions, learner_h, extras = self.learner.act(inputs, learner_h, explore)
         mine = torch.nn.functional.one_hot(torch.as_tensor(self.seat, device=actions.device), self.n).bool()  # [E, N]
+        # a feed-forward opponent acts only in envs where its side moves (turn-based: about half);
+        # a recurrent one at every step of its games, as it was trained
+        moves = (inputs["acting"] & ~mine).any(-1).cpu().numpy() if "acting" in inputs else np.ones(E, bool)
         for k in np.unique(self.opp):
-            rows = torch.as_tensor(np.flatnonzero(self.opp == k), device=actions.device)
-            policy = self.opponent(int(k))
             h = self.opp_hidden.get(int(k))
+            rows = np.flatnonzero((self.opp == k) & (moves if h is None else True))
+            if not len(rows):
+                continue
+            rows = torch.as_tensor(rows, device=actions.device)
+            policy = self.opponent(int(k))
             sub = {key: v.index_select(0, rows) for key, v in inputs.items()}
             a, h_new, _ = policy.act(sub, None if h is None else h[rows], True)
             if h is not None:
