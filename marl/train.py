@@ -302,8 +302,9 @@ def train(cfg: TrainConfig, algo_cfg=None, set_fields=None, callbacks=()) -> dic
             learner.load_extra_state(ckpt["extra"])
             collector.load_state_dict(ckpt["collector"])
             _set_rng_state(ckpt["rng"])
-            for cb in callbacks:
-                cb.load_state_dict(ckpt["callbacks"][cb.name])
+            for cb in callbacks:  # a callback the run did not have starts afresh (--allow-config-change)
+                if cb.name in ckpt.get("callbacks", {}):
+                    cb.load_state_dict(ckpt["callbacks"][cb.name])
             step, updates = ckpt["step"], ckpt["updates"]
             last = {**dict.fromkeys(last, step), **ckpt.get("schedule", {})}
             _rewind_metrics(run_dir, ckpt.get("metrics_bytes"))

@@ -166,3 +166,45 @@ def test_a_checkpoint_of_another_game_is_refused_as_opponent(tmp_path, capsys):
         main([*RUN, "--opponents", str(c4), "--run-dir", str(tmp_path / "run")])
     err = capsys.readouterr().err
     assert e.value.code == 2 and f"pool opponent '{c4}' does not fit this env's spaces" in err, err
+
+
+# ----------------------------------------------------------------------------- known answers (slow)
+def _trained_by_self_play(tmp_path, env: str, steps: int, algo_kw: dict, **sp_kw):
+    """A learner trained only by self-play through the trainer (the pool's snapshots and, with
+    sp_kw's opponents, fixed players), loaded back from its checkpoint as a frozen policy."""
+    from marl.population.selfplay import load_policy
+    from marl.train import train
+
+    cfg = TrainConfig(algo="ippo", env=env, steps=steps, seed=0, eval_interval=0, log_interval=steps // 10,
+                      checkpoint_interval=steps, wandb="disabled", progress=False, run_dir=str(tmp_path / "run"))
+    train(cfg, ALGOS.get("ippo").make_config(**algo_kw), callbacks=[SelfPlay(SelfPlayConfig(self_play=True, **sp_kw))])
+    spec = VecEnv(envs.make_factory(env), 1, seed=0).spec
+    return load_policy(str(tmp_path / "run"), spec, CPU), spec
+
+
+def _against_random(policy, spec, env: str, games: int = 200) -> list[tuple[int, int, int]]:
+    """(wins, draws, losses) of greedy play against the uniformly random masked player, per seat."""
+    vec = VecEnv(envs.make_factory(env), 50, seed=123, spec=spec)
+    out = []
+    for seat in (0, 1):
+        owner = [0, 1] if seat == 0 else [1, 0]
+        episodes = evaluate(vec, AgentPolicies([policy, RandomPolicy(spec, CPU, seed=1)], owner), games, CPU, seed=5)
+        out.append(tuple(int(x) for x in outcomes(episodes, 2)[seat]))
+    vec.close()
+    return out
+
+
+@pytest.mark.slow
+def test_tictactoe_self_play_wins_or_draws_95_percent_against_random_from_both_seats(tmp_path):
+    """python -m pytest tests/test_selfplay.py -m slow -k tictactoe"""
+    policy, spec = _trained_by_self_play(tmp_path, TTT, TTT_STEPS, TTT_ALGO, **TTT_SELF_PLAY)
+    for seat, (win, draw, loss) in enumerate(_against_random(policy, spec, TTT)):
+        assert win + draw >= 190, f"seat {seat}: {win} wins, {draw} draws, {loss} losses"
+
+
+@pytest.mark.slow
+def test_connect_four_self_play_beats_random_90_percent_from_both_seats_within_100k_moves(tmp_path):
+    """python -m pytest tests/test_selfplay.py -m slow -k connect_four"""
+    policy, spec = _trained_by_self_play(tmp_path, C4, 100_000, {}, opponents=["random"])
+    for seat, (win, draw, loss) in enumerate(_against_random(policy, spec, C4)):
+        assert win >= 180, f"seat {seat}: {win} wins, {draw} draws, {loss} losses"
