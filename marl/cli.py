@@ -242,19 +242,24 @@ def _cmd_train(ns: argparse.Namespace) -> int:
     positive("steps", cfg.steps)
     from marl.train import run_dir_for, train
 
-    callbacks = _self_play(ns, cfg)
+    self_play = _self_play_config(ns, cfg)
     _training = run_dir_for(cfg)
     # on --resume, what the resuming call sets: the flags, and a --config file's values
     set_fields = {k[len(_RUN):] for k in given if k.startswith(_RUN)} | (set(ns._base_run) if ns._from_config else set())
-    result = train(cfg, algo_cfg, set_fields=set_fields, callbacks=callbacks)
+    if self_play.self_play:
+        from marl.population.selfplay import train_self_play
+
+        result = train_self_play(cfg, algo_cfg, self_play, set_fields=set_fields)
+    else:
+        result = train(cfg, algo_cfg, set_fields=set_fields)
     _print_result(result)
     return 0
 
 
-def _self_play(ns: argparse.Namespace, cfg: TrainConfig) -> list:
-    """The self-play callback when --self-play is on (a resumed run's own self-play settings
-    are the base; a flag that changes them is refused unless --allow-config-change)."""
-    from marl.population.selfplay import SelfPlay, SelfPlayConfig
+def _self_play_config(ns: argparse.Namespace, cfg: TrainConfig):
+    """The self-play settings: a resumed run's own (its config.yaml) are the base; a flag that
+    changes them is refused unless --allow-config-change."""
+    from marl.population.selfplay import SelfPlayConfig
 
     types = field_types(SelfPlayConfig)
     given = {k[len(_SELF_PLAY):]: parse_value(types[k[len(_SELF_PLAY):]], v, k[len(_SELF_PLAY):])
@@ -264,10 +269,14 @@ def _self_play(ns: argparse.Namespace, cfg: TrainConfig) -> list:
         for k, v in given.items():
             old = base.get(k, getattr(SelfPlayConfig(), k))
             if to_plain(v) != to_plain(old):
-                raise MarlError(f"--resume: --{k.replace('_', '-')} {v} differs from the run's {old}, which changes what the run learns",
-                                "drop the flag, or pass --allow-config-change")
-    sp = from_dict(SelfPlayConfig, {**base, **given})
-    return [SelfPlay(sp)] if sp.self_play else []
+                raise MarlError(f"--resume: --{k.replace('_', '-')} {_plain(v)} differs from the run's {_plain(old)}, which changes what "
+                                "the run learns", "drop the flag, or pass --allow-config-change")
+    return from_dict(SelfPlayConfig, {**base, **given})
+
+
+def _plain(value) -> str:
+    value = to_plain(value)
+    return ",".join(map(str, value)) if isinstance(value, list) else str(value)
 
 
 # ----------------------------------------------------------------------------- evaluate

@@ -3,6 +3,7 @@ in each algorithm's own config dataclass (marl/algos/), chosen by `algo`."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 
 @dataclass(frozen=True)
@@ -13,6 +14,10 @@ class TrainConfig:
     """Env name: mpe2/<module>, pettingzoo.<family>/<module>, gym/<id>, lbforaging/<id>, builtin/<name>, or module.path:factory."""
     env_kwargs: dict = field(default_factory=dict)
     """Keyword arguments for the env factory, e.g. {'N': 3, 'max_cycles': 25}."""
+    policies: str = ""
+    """Which policy controls which agents, as PATTERN=CHOICE entries, e.g. 'adversary=ippo agent=random'. PATTERN: a team (agent-name prefix before the last '_'), an agent name or a glob (adversary_*). CHOICE: an algorithm (a learner; --algo's hyperparameter flags apply to learners of --algo, others use their preset), random, a checkpoint file or run directory (#TEAM picks one policy of a run with several) or module.path:factory (factory(spec) returns a policy). Empty: --algo controls every agent."""
+    seats: Literal["fixed", "shuffle"] = "fixed"
+    """With --policies: 'fixed' (each policy keeps its agents) or 'shuffle' (each env redraws which agents each policy controls when its episode ends: self-play from either seat; the agents' spaces must agree)."""
     steps: int = 200_000
     """Training budget in env steps (one joint step of one env counts once)."""
     seed: int = 1

@@ -1,18 +1,15 @@
-"""The trainer: collect → update → evaluate → log → checkpoint, in one run directory.
-
-`train(TrainConfig(...), algo_config)` is the Python API (notebooks); `marl train` maps
-its flags onto the same call.
+"""Training runs: `train(TrainConfig(...), algo_config)` is the Python API (notebooks) and
+`marl train` maps its flags onto the same call; it runs a `marl.trainer.Trainer` (collect →
+update → evaluate → log → checkpoint, in one run directory). This module holds the pieces
+of a run the trainer uses (devices, building, resume, run directories) and `evaluate`.
 """
 from __future__ import annotations
 
 import dataclasses
-import math
 import random
 import re
 import sys
-import time
 from dataclasses import replace
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -20,15 +17,14 @@ import torch
 
 from marl import envs
 from marl.algos import ALGOS
-from marl.checkpoint import kept_checkpoint, load_newest, remove_stale_temp_files, resolve_checkpoint, save_step_checkpoint, step_checkpoints
+from marl.checkpoint import load_newest, remove_stale_temp_files, resolve_checkpoint, step_checkpoints
 from marl.config import TrainConfig
 from marl.configio import check_choices, flag, from_dict, load_yaml, save_yaml, to_dict
 from marl.core.errors import MarlError, check
 from marl.core.evaluator import BackgroundEvaluator, Evaluator
 from marl.core.tempdirs import remove_stale_mp_dirs
-from marl.core.rollout import Collector, evaluate as run_episodes
+from marl.core.rollout import evaluate as run_episodes
 from marl.core.vec import EpisodeStats, VecEnv
-from marl.logging import RunLogger, config_group
 from marl.rundir import RunLock, check_run_dir, clear_run, mark
 
 EVAL_SEED_OFFSET = 1_000_003
@@ -200,206 +196,24 @@ def _eval_envs(cfg: TrainConfig, episodes: int) -> int:
     return cfg.eval_num_envs or min(episodes, MAX_EVAL_ENVS)
 
 
-def _evaluator(cfg: TrainConfig, entry, algo_cfg, make_fn, spec, device: torch.device):
+def _evaluator(cfg: TrainConfig, make_fn, spec, device: torch.device):
     """Greedy evaluations of a run: in a background process, or with --workers 0 in this one."""
     num_envs, seed = _eval_envs(cfg, cfg.eval_episodes), cfg.seed + EVAL_SEED_OFFSET
     if cfg.workers == 0:
         return Evaluator(make_fn, spec, num_envs, cfg.eval_episodes, seed, device)
-    policy = partial(entry.learner, algo_cfg, spec, torch.device("cpu"), cfg.seed)
-    return BackgroundEvaluator(make_fn, spec, policy, num_envs, cfg.eval_episodes, seed)
+    return BackgroundEvaluator(make_fn, spec, num_envs, cfg.eval_episodes, seed)
 
 
-class Callback:
-    """Hooks into the trainer's stages (the base class does nothing at each). `name` keys the
-    callback's `config()` in config.yaml and its `state_dict()` in checkpoints, so a resumed
-    run continues it exactly.
-
-    setup(learner, spec, make_fn, cfg, device) once the learner is built; policy(learner): the
-    collector's policy (None: the learner); learner_batch(batch): the rollout the learner's
-    update sees; after_update(step, episodes) -> metrics logged with the training row;
-    evaluate(step) -> metrics logged at each evaluation; finish(run_dir) at the end (files in
-    the run directory); close()."""
-
-    name = "callback"
-
-    def config(self) -> dict:
-        return {}
-
-    def setup(self, learner, spec, make_fn, cfg: TrainConfig, device: torch.device) -> None:
-        pass
-
-    def policy(self, learner):
-        return None
-
-    def learner_batch(self, batch: dict) -> dict:
-        return batch
-
-    def after_update(self, step: int, episodes: list[EpisodeStats]) -> dict[str, float]:
-        return {}
-
-    def evaluate(self, step: int) -> dict[str, float]:
-        return {}
-
-    def finish(self, run_dir: Path) -> None:
-        pass
-
-    def state_dict(self) -> dict:
-        return {}
-
-    def load_state_dict(self, state: dict) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-def train(cfg: TrainConfig, algo_cfg=None, set_fields=None, callbacks=()) -> dict:
-    """Train `cfg.algo` on `cfg.env`; returns the final metrics. See TrainConfig for fields.
+def train(cfg: TrainConfig, algo_cfg=None, set_fields=None, **trainer_kw) -> dict:
+    """Train `cfg.algo` on `cfg.env` (or the policies of `cfg.policies`); returns the final
+    metrics. See TrainConfig for fields and `marl.trainer.Trainer` (which this runs) for
+    `trainer_kw` (callbacks, policies, algo_configs).
 
     With `cfg.resume` the run's saved config is the base and `cfg` changes only the fields named
-    in `set_fields` (None: those not at TrainConfig's defaults); see `resumed_configs`.
-    `callbacks` (`Callback`s) hook into the stages, e.g. self-play (marl.population)."""
-    entry = ALGOS.get(cfg.algo)
-    run_dir = run_dir_for(cfg)
-    resume_from = None
-    holds_run = check_run_dir(run_dir, cfg.resume, cfg.overwrite)
-    changes: dict = {}
-    if cfg.resume:
-        resume_from, resume_ckpt = _resume_checkpoint(run_dir)  # a corrupt checkpoint fails here, before the run dir is touched
-        cfg, algo_cfg, changes = resumed_configs(load_yaml(run_dir / "config.yaml"), cfg, algo_cfg, set_fields)
-        entry = ALGOS.get(cfg.algo)
-    algo_cfg = algo_cfg if algo_cfg is not None else entry.make_config()
-    check(cfg.seed >= 0, f"seed must be >= 0, got {cfg.seed}", "pass --seed 0 or more")
-    check(cfg.eval_num_envs >= 0, f"eval_num_envs must be >= 0, got {cfg.eval_num_envs}", "pass --eval-num-envs 0 (one env per episode) or more")
-    for name in ("num_envs", "eval_episodes"):
-        check(getattr(cfg, name) >= 1, f"{name} must be at least 1, got {getattr(cfg, name)}", f"pass --{name.replace('_', '-')} 1 or more")
-    device = resolve_device(cfg.device)
-    if cfg.torch_threads > 0:
-        torch.set_num_threads(cfg.torch_threads)
-    make_fn, vec, learner = build(cfg, algo_cfg, device)
-    try:
-        for cb in callbacks:  # a callback's bad input fails here, before the run directory is touched
-            cb.setup(learner, vec.spec, make_fn, cfg, device)
-        lock = _claim_run_dir(run_dir, cfg, holds_run)
-    except BaseException:
-        vec.close()
-        for cb in callbacks:
-            cb.close()
-        raise
-    config = {"train": to_dict(cfg), "algo": {"name": cfg.algo, **to_dict(algo_cfg)}, **{cb.name: cb.config() for cb in callbacks}}
-    logger = None
-    try:
-        # resume/overwrite are actions of this invocation, not settings: `--config <this file>` must not repeat them
-        save_yaml(run_dir / "config.yaml", {"train": to_dict(replace(cfg, resume=False, overwrite=False, allow_config_change=False)),
-                                            "algo": to_dict(algo_cfg), **{cb.name: cb.config() for cb in callbacks}})
-        policy = next((p for p in (cb.policy(learner) for cb in callbacks) if p is not None), learner)
-        collector = Collector(vec, policy, device)
-        step = updates = 0
-        last = {"log": 0, "eval": 0, "ckpt": 0}
-        if resume_from is not None:
-            ckpt = resume_ckpt
-            _load_model(learner, ckpt["model"], resume_from)
-            learner.load_extra_state(ckpt["extra"])
-            collector.load_state_dict(ckpt["collector"])
-            _set_rng_state(ckpt["rng"])
-            for cb in callbacks:  # a callback the run did not have starts afresh (--allow-config-change)
-                if cb.name in ckpt.get("callbacks", {}):
-                    cb.load_state_dict(ckpt["callbacks"][cb.name])
-            step, updates = ckpt["step"], ckpt["updates"]
-            last = {**dict.fromkeys(last, step), **ckpt.get("schedule", {})}
-            _rewind_metrics(run_dir, ckpt.get("metrics_bytes"))
-            if changes:
-                _record_changes(run_dir, step, changes)
-        group = config_group({**config["train"], "algo_config": config["algo"]})
-        logger = RunLogger(run_dir, config, wandb_mode=cfg.wandb, project=cfg.wandb_project, entity=cfg.wandb_entity,
-                           group=group, name=run_dir.name, total_steps=cfg.steps, progress=cfg.progress, start_step=step)
-        evals = _evaluator(cfg, entry, algo_cfg, make_fn, vec.spec, device) if cfg.eval_interval > 0 else None
-    except BaseException:
-        for close in (vec.close, lock.release, *((logger.close,) if logger is not None else ()), *(cb.close for cb in callbacks)):
-            close()
-        raise
-    per_update = algo_cfg.rollout_len * cfg.num_envs
-    # episodes finished since the last log row (a resumed run continues the checkpoint's)
-    window: list[EpisodeStats] = list(resume_ckpt.get("window", [])) if resume_from is not None else []
-    t_start, steps_at_start = time.perf_counter(), step
-    train_time = 0.0
-    final: dict = {}
+    in `set_fields` (None: those not at TrainConfig's defaults); see `resumed_configs`."""
+    from marl.trainer import Trainer  # the trainer builds on this module's helpers
 
-    def log_evals() -> None:
-        """Log the evaluations started so far (waiting for those in flight): at fixed points of
-        the loop, so that the rows of metrics.jsonl do not depend on how long one took."""
-        nonlocal final
-        for at, eps in evals.results() if evals is not None else ():
-            final = episode_metrics("eval", eps, vec.spec.agents)
-            logger.log(at, final)
-
-    def start_eval() -> None:
-        log_evals()  # at most one in flight
-        evals.start(step, learner)
-        last["eval"] = step
-        for cb in callbacks:
-            logger.log(step, cb.evaluate(step))
-
-    def save() -> None:
-        # an evaluation of this very step may still run: the checkpoint says so, and a resumed
-        # run redoes it (its parameters are the checkpoint's); one of an earlier step (other
-        # parameters) and the run's last one are logged first
-        if step >= cfg.steps or (evals is not None and any(at < step for at in evals.pending)):
-            log_evals()
-        payload = {"version": 1, "step": step, "updates": updates, "model": learner.state_dict(), "extra": learner.extra_state(),
-                   "collector": collector.state_dict(), "rng": _rng_state(), "config": {"train": to_dict(cfg), "algo": to_dict(algo_cfg)},
-                   "eval_pending": evals is not None and bool(evals.pending),
-                   "schedule": dict(last), "metrics_bytes": logger.offset, "window": list(window),
-                   "callbacks": {cb.name: cb.state_dict() for cb in callbacks}}
-        save_step_checkpoint(run_dir, step, payload)
-
-    exit_code = 1
-    try:
-        if evals is not None and (step == 0 or (resume_from is not None and resume_ckpt.get("eval_pending"))):
-            start_eval()
-        while step < cfg.steps:
-            t0 = time.perf_counter()
-            batch, episodes = collector.collect(algo_cfg.rollout_len)
-            for cb in callbacks:
-                batch = cb.learner_batch(batch)
-            metrics = learner.update(batch)
-            bad = sorted(k for k, v in metrics.items() if not math.isfinite(v))
-            if not bad and not _finite(learner):
-                bad = ["parameters"]  # never checkpoint a diverged model
-            if bad:
-                raise MarlError(f"training diverged: {', '.join(bad)} became non-finite at env step {step + per_update}",
-                                f"lower --lr (or --max-grad-norm); {kept_checkpoint(run_dir)}")
-            train_time += time.perf_counter() - t0
-            step += per_update
-            updates += 1
-            for cb in callbacks:
-                metrics.update(cb.after_update(step, episodes))
-            window.extend(episodes)
-            if step - last["log"] >= cfg.log_interval or step >= cfg.steps:
-                log_evals()
-                elapsed = time.perf_counter() - t_start
-                logger.log(step, {**episode_metrics("train", window, vec.spec.agents), **metrics,
-                                  "perf/steps_per_s": (step - steps_at_start) / max(train_time, 1e-9),
-                                  "perf/wall_steps_per_s": (step - steps_at_start) / max(elapsed, 1e-9), "perf/updates": updates})
-                window, last["log"] = [], step
-            if evals is not None and (step - last["eval"] >= cfg.eval_interval or step >= cfg.steps):
-                start_eval()
-            if step - last["ckpt"] >= cfg.checkpoint_interval or step >= cfg.steps:
-                save()
-                last["ckpt"] = step
-        log_evals()
-        for cb in callbacks:
-            cb.finish(run_dir)
-        exit_code = 0
-    finally:
-        logger.close(exit_code)
-        vec.close()
-        if evals is not None:
-            evals.close()
-        for cb in callbacks:
-            cb.close()
-        lock.release()
-    return {"step": step, "run_dir": str(run_dir), **final}
+    return Trainer(cfg, algo_cfg, set_fields, **trainer_kw).run()
 
 
 def _saved_algo_config(entry, saved: dict):
@@ -443,9 +257,10 @@ def evaluate(checkpoint: str, episodes: int = 32, video: str = "", device: str =
     make_fn, vec, learner = build(replace(cfg, workers=0), algo_cfg, dev)
     vec.close()  # the training envs: built for the spec and the config's checks
     _load_model(learner, ckpt["model"], path)
+    policy = learner.policy().to(dev)
     vec = VecEnv(make_fn, _eval_envs(cfg, episodes), seed=eval_seed, workers=0, spec=vec.spec)
     try:
-        eps = run_episodes(vec, learner, episodes, dev, seed=eval_seed)
+        eps = run_episodes(vec, policy, episodes, dev, seed=eval_seed)
     finally:
         vec.close()
     out = episode_metrics("eval", eps, vec.spec.agents)
@@ -453,7 +268,7 @@ def evaluate(checkpoint: str, episodes: int = 32, video: str = "", device: str =
         from marl.video import record_video
 
         try:
-            out["video"] = record_video(cfg.env, cfg.env_kwargs, learner, dev, video, seed=eval_seed)
+            out["video"] = record_video(cfg.env, cfg.env_kwargs, policy, dev, video, seed=eval_seed)
         except MarlError as err:
             err.partial = out
             raise

@@ -50,14 +50,13 @@ def raw_rate(seconds: float, seed: int = 0) -> float:
 
 def train_rate(steps: int, workers: int, run_dir: Path) -> dict:
     from marl.config import TrainConfig
-    from marl.population.selfplay import SelfPlay, SelfPlayConfig
-    from marl.train import train
+    from marl.population.selfplay import SelfPlayConfig, train_self_play
 
     shutil.rmtree(run_dir, ignore_errors=True)
     cfg = TrainConfig(algo="ippo", env=C4, steps=steps, workers=workers, device="cpu", run_dir=str(run_dir), eval_interval=0,
                       log_interval=steps, checkpoint_interval=steps, wandb="disabled", progress=False)
     start = time.perf_counter()
-    train(cfg, callbacks=[SelfPlay(SelfPlayConfig(self_play=True, opponents=["random"]))])
+    train_self_play(cfg, cfg=SelfPlayConfig(self_play=True, opponents=["random"]))
     wall = time.perf_counter() - start
     last = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()][-1]
     return {"train_moves_per_s": last["perf/steps_per_s"], "wall_moves_per_s": steps / wall}

@@ -16,10 +16,11 @@ from marl.algos import ALGOS
 from marl.checkpoint import load_checkpoint
 from marl.cli import main
 from marl.config import TrainConfig
-from marl.core.policies import AgentPolicies, RandomPolicy, outcomes
-from marl.core.rollout import Collector, evaluate
-from marl.core.vec import VecEnv
-from marl.population.selfplay import SelfPlay, SelfPlayConfig
+from marl.core.policies import PolicyMap, RandomPolicy, outcomes
+from marl.core.rollout import evaluate
+from marl.core.vec import EpisodeStats, VecEnv
+from marl.population.pool import OpponentPool
+from marl.population.selfplay import PoolPolicy, SelfPlayConfig, train_self_play
 
 TTT = "pettingzoo.classic/tictactoe_v3"
 C4 = "pettingzoo.classic/connect_four_v3"
@@ -36,64 +37,61 @@ def rows(run_dir) -> list[dict]:
     return out
 
 
-def _setup(cfg: SelfPlayConfig, num_envs=8, algo="ippo", **algo_kw):
-    torch.manual_seed(0)
-    make = envs.make_factory(TTT)
-    vec = VecEnv(make, num_envs, seed=0)
-    entry = ALGOS.get(algo)
-    learner = entry.learner(entry.make_config(rollout_len=32, **algo_kw), vec.spec, CPU, seed=0)
-    sp = SelfPlay(cfg)
-    sp.setup(learner, vec.spec, make, TrainConfig(seed=0, num_envs=num_envs), CPU)
-    return vec, learner, sp
+class Constant:
+    """A test opponent that always plays `action` (and says it acted)."""
+
+    def __init__(self, action: int):
+        self.action, self.calls = action, 0
+
+    def initial_hidden(self, e):
+        return None
+
+    def act(self, inputs, hidden, explore):
+        self.calls += 1
+        return torch.full(inputs["avail"].shape[:2], self.action, dtype=torch.long), None, {}
 
 
-def test_seats_and_opponents_are_redrawn_per_episode_and_only_the_learners_rows_act():
-    vec, learner, sp = _setup(SelfPlayConfig(self_play=True, opponents=["random"], snapshot_interval=10**9))
-    collector = Collector(vec, sp.policy(), CPU)
-    batch, episodes = collector.collect(40)
-    mine = batch["learner_seat"]  # [T, E, N]
-    assert (mine.sum(-1) == 1).all()
-    seats = mine.float().argmax(-1)  # [T, E]
-    done = batch["done"]
-    # within an episode the seat never changes; over 8 envs x several games both seats occur
-    same_episode = ~done[:-1]
-    assert (seats[1:][same_episode] == seats[:-1][same_episode]).all()
-    assert set(seats.flatten().tolist()) == {0, 1} and len(episodes) > 16
-    drawn = sp.joint.finished(episodes)
-    assert {opp for _, opp, _ in drawn} == {m.id for m in sp.pool.members}  # random and snapshot@0 both played
-    lb = sp.learner_batch(batch)
-    assert not (lb["acting"] & ~mine).any() and (lb["acting"] == (batch["acting"] & mine)).all()
-    assert lb["acting"].sum() > 0 and (batch["acting"] & ~mine).sum() > 0  # the opponents' moves are dropped
-    # a learner update runs on it
-    assert np.isfinite(learner.update(lb)["loss/policy"])
-    vec.close()
-    sp.close()
+def _pool_policy(num_envs: int, sampling: str = "uniform"):
+    spec = VecEnv(envs.make_factory(TTT), 1, seed=0).spec.subset([1])
+    pool = OpponentPool(max_size=3, sampling=sampling, seed=0)
+    fixed = {"zero": Constant(0), "four": Constant(4)}
+    for name in fixed:
+        pool.add_fixed(name, "fixed", source=name)
+    return PoolPolicy(spec, RandomPolicy(spec), fixed, pool, seed=0), spec
 
 
-def test_opponent_moves_come_from_the_opponent():
-    """With a learner that always picks the lowest legal cell and an opponent that picks random
-    legal cells, the moves in the opponent's column are not all lowest-cell moves, the
-    learner's are."""
-    vec, learner, sp = _setup(SelfPlayConfig(self_play=True, opponents=["random"], fixed_in_pool=True, sampling="uniform",
-                                             snapshot_interval=10**9))
-    sp.pool.members = [m for m in sp.pool.members if m.kind == "random"]
+def test_pool_policy_keeps_an_opponent_per_env_episode_and_redraws_when_it_ends():
+    E = 64
+    pp, spec = _pool_policy(E)
+    inputs = {"obs": torch.zeros(E, 1, spec.obs_dim), "avail": torch.ones(E, 1, 9, dtype=torch.bool),
+              "alive": torch.ones(E, 1, dtype=torch.bool), "acting": torch.ones(E, 1, dtype=torch.bool), "state": torch.zeros(E, 1)}
+    fresh = pp.initial_hidden(E)
+    a1, fresh, _ = pp.act(inputs, fresh, False)
+    a2, fresh, _ = pp.act(inputs, fresh, False)
+    assert torch.equal(a1, a2) and set(a1.flatten().tolist()) == {0, 4}  # each env keeps its member; both members drawn
+    assert pp.members[0].calls == 2 and pp.members[1].calls == 2  # one batched call per member per step
+    fresh[:32] = 0  # the collector zeroes the flags of envs whose episode ended
+    a3, fresh, _ = pp.act(inputs, fresh, False)
+    assert torch.equal(a3[32:], a1[32:]) and not torch.equal(a3[:32], a1[:32])
+    assert [len(g) for g in pp.games] == [2] * 32 + [1] * 32
+    eps = [EpisodeStats(0.0, np.zeros(2), 5, env=e) for e in range(32)]
+    assert pp.finished(eps) == [{0: 0, 4: 1}[int(a)] for a in a1[:32, 0]]  # the opponents of those episodes, in order
+    # where the opponents' side does not move, no member is called
+    calls = {k: m.calls for k, m in pp.members.items()}
+    pp.act({**inputs, "acting": torch.zeros(E, 1, dtype=torch.bool)}, fresh, False)
+    assert {k: m.calls for k, m in pp.members.items()} == calls
 
-    class Lowest:
-        def initial_hidden(self, e):
-            return None
 
-        def act(self, inputs, hidden, explore):
-            return inputs["avail"].float().argmax(-1), None, {}
-
-    sp.joint.learner = Lowest()
-    batch, _ = Collector(vec, sp.policy(), CPU).collect(60)
-    acting, mine = batch["acting"], batch["learner_seat"]
-    lowest = batch["avail"].float().argmax(-1)
-    took_lowest = batch["actions"] == lowest
-    assert took_lowest[acting & mine].all()
-    assert not took_lowest[acting & ~mine].all()
-    vec.close()
-    sp.close()
+def test_pfsp_pool_policy_draws_the_member_the_learner_loses_to():
+    E = 400
+    pp, spec = _pool_policy(E, sampling="pfsp")
+    for _ in range(20):
+        pp.pool.record(0, 1.0)  # the learner always beats "zero"
+        pp.pool.record(1, 0.0)  # and always loses to "four"
+    inputs = {"obs": torch.zeros(E, 1, spec.obs_dim), "avail": torch.ones(E, 1, 9, dtype=torch.bool),
+              "alive": torch.ones(E, 1, dtype=torch.bool), "acting": torch.ones(E, 1, dtype=torch.bool), "state": torch.zeros(E, 1)}
+    actions, _, _ = pp.act(inputs, pp.initial_hidden(E), False)
+    assert (actions == 4).float().mean() > 0.95
 
 
 RUN = ["train", "--algo", "ippo", "--env", TTT, "--self-play", "--opponents", "random", "--snapshot-interval", "512",
@@ -114,21 +112,23 @@ def test_self_play_run_writes_ratings_and_resumes_with_the_same_pool_and_ratings
     assert main(["train", "--resume", "--run-dir", str(cut)]) == 0
     assert rows(cut) == rows(full)
     a, b = load_checkpoint(full / "checkpoints" / "step_2048.pt"), load_checkpoint(cut / "checkpoints" / "step_2048.pt")
-    for key in a["model"]:
-        torch.testing.assert_close(a["model"][key], b["model"][key], rtol=0, atol=0)
-    pa, pb = a["callbacks"]["self_play"]["pool"], b["callbacks"]["self_play"]["pool"]
-    assert [m["name"] for m in pa["members"]] == [m["name"] for m in pb["members"]]
-    assert [m["name"] for m in pa["members"]] == ["random", "snapshot@1024", "snapshot@1536", "snapshot@2048"]  # at most 3 snapshots
+    ma, mb = a["slots"]["player_1"]["model"], b["slots"]["player_1"]["model"]  # the learner's slot
+    for key in ma:
+        torch.testing.assert_close(ma[key], mb[key], rtol=0, atol=0)
+    pa, pb = a["slots"]["player_2"]["policy"].pool, b["slots"]["player_2"]["policy"].pool
+    assert [m.name for m in pa.members] == [m.name for m in pb.members]
+    assert [m.name for m in pa.members] == ["random", "snapshot@512", "snapshot@1024", "snapshot@1536"]  # at most 3 snapshots
+    assert pa.state_dict()["rng"] == pb.state_dict()["rng"] and a["callbacks"] == b["callbacks"]
     assert (full / "ratings.csv").read_text() == (cut / "ratings.csv").read_text()
     table = list(csv.DictReader(open(full / "ratings.csv")))
-    assert {r["player"] for r in table} >= {"learner", "random", "snapshot@2048"}
+    assert {r["player"] for r in table} >= {"learner", "random", "snapshot@1536"}
     assert (full / "ratings.png").read_bytes()[:4] == b"\x89PNG"
     rated = [r for r in rows(full) if "rating/learner" in r]
     assert [r["step"] for r in rated] == [0, 768, 1536, 2048]
     assert all(0 <= r["eval/vs_random/win"] <= 1 for r in rated)
 
 
-def wrong_size_policy(spec, device):
+def wrong_size_policy(spec):
     """A user's opponent factory that answers with actions for 3 agents."""
     class Wrong:
         def initial_hidden(self, e):
@@ -149,8 +149,8 @@ def test_bad_self_play_input_is_one_line_before_anything_is_written(tmp_path, ca
             assert w in err, err
     run = tmp_path / "run"
     fails([*RUN, "--opponents", f"{ME}:wrong_size_policy", "--run-dir", str(run)],
-          f"pool opponent '{ME}:wrong_size_policy' does not fit this env's spaces", "want (2, 2)")
-    fails([*RUN, "--opponents", "nowhere:nothing", "--run-dir", str(run)], "cannot be loaded")
+          f"pool opponent '{ME}:wrong_size_policy' does not fit this env's spaces", "want (2, 1)")
+    fails([*RUN, "--opponents", "nowhere:nothing", "--run-dir", str(run)], "pool opponent 'nowhere:nothing': ModuleNotFoundError")
     fails([*RUN, "--opponents", "rnadom", "--run-dir", str(run)], "neither random, an existing checkpoint nor module:factory")
     fails([*RUN, "--sampling", "best", "--run-dir", str(run)], "--sampling")
     fails([*RUN, "--snapshot-interval", "0", "--run-dir", str(run)], "without snapshots")
@@ -165,21 +165,21 @@ def test_a_checkpoint_of_another_game_is_refused_as_opponent(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main([*RUN, "--opponents", str(c4), "--run-dir", str(tmp_path / "run")])
     err = capsys.readouterr().err
-    assert e.value.code == 2 and f"pool opponent '{c4}' does not fit this env's spaces" in err, err
+    assert e.value.code == 2 and f"pool opponent '{c4}'" in err and "does not fit" in err, err
 
 
 # ----------------------------------------------------------------------------- known answers (slow)
 def _trained_by_self_play(tmp_path, env: str, steps: int, algo_kw: dict, **sp_kw):
     """A learner trained only by self-play through the trainer (the pool's snapshots and, with
     sp_kw's opponents, fixed players), loaded back from its checkpoint as a frozen policy."""
-    from marl.population.selfplay import load_policy
-    from marl.train import train
+    from marl.agentmap import checkpoint_policy
 
     cfg = TrainConfig(algo="ippo", env=env, steps=steps, seed=0, eval_interval=0, log_interval=steps // 10,
                       checkpoint_interval=steps, wandb="disabled", progress=False, run_dir=str(tmp_path / "run"))
-    train(cfg, ALGOS.get("ippo").make_config(**algo_kw), callbacks=[SelfPlay(SelfPlayConfig(self_play=True, **sp_kw))])
+    train_self_play(cfg, ALGOS.get("ippo").make_config(**algo_kw), SelfPlayConfig(self_play=True, **sp_kw))
     spec = VecEnv(envs.make_factory(env), 1, seed=0).spec
-    return load_policy(str(tmp_path / "run"), spec, CPU), spec
+    learner_slot = spec.agents[0]
+    return checkpoint_policy(str(tmp_path / "run"), learner_slot, spec.subset([0])), spec
 
 
 def _against_random(policy, spec, env: str, games: int = 200) -> list[tuple[int, int, int]]:
@@ -187,8 +187,9 @@ def _against_random(policy, spec, env: str, games: int = 200) -> list[tuple[int,
     vec = VecEnv(envs.make_factory(env), 50, seed=123, spec=spec)
     out = []
     for seat in (0, 1):
-        owner = [0, 1] if seat == 0 else [1, 0]
-        episodes = evaluate(vec, AgentPolicies([policy, RandomPolicy(spec, CPU, seed=1)], owner), games, CPU, seed=5)
+        agents = [[0], [1]] if seat == 0 else [[1], [0]]
+        pmap = PolicyMap([policy, RandomPolicy(spec.subset([1 - seat]), CPU, seed=1)], agents, spec, 50)
+        episodes = evaluate(vec, pmap, games, CPU, seed=5)
         out.append(tuple(int(x) for x in outcomes(episodes, 2)[seat]))
     vec.close()
     return out
@@ -197,7 +198,7 @@ def _against_random(policy, spec, env: str, games: int = 200) -> list[tuple[int,
 @pytest.mark.slow
 def test_tictactoe_self_play_wins_or_draws_95_percent_against_random_from_both_seats(tmp_path):
     """python -m pytest tests/test_selfplay.py -m slow -k tictactoe"""
-    policy, spec = _trained_by_self_play(tmp_path, TTT, TTT_STEPS, TTT_ALGO, **TTT_SELF_PLAY)
+    policy, spec = _trained_by_self_play(tmp_path, TTT, 200_000, {"ent_coef": 0.05}, opponents=["random"], snapshot_interval=5000)
     for seat, (win, draw, loss) in enumerate(_against_random(policy, spec, TTT)):
         assert win + draw >= 190, f"seat {seat}: {win} wins, {draw} draws, {loss} losses"
 

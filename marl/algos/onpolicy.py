@@ -27,6 +27,7 @@ from marl.nets.dists import (
     gaussian_sample,
     mask_logits,
 )
+from marl.core.policies import device_generator, frozen_copy
 from marl.nets.models import AgentNet, SetNet, unroll, with_agent_id
 from marl.nets.sharing import resolve_groups
 
@@ -112,6 +113,51 @@ class OnPolicyConfig:
         check(self.minibatches <= units, f"minibatches ({self.minibatches}) exceed the {units} samples in a rollout", "lower --minibatches or raise --rollout-len/--num-envs")
 
 
+class ActorPolicy(torch.nn.Module):
+    """What acting needs of an on-policy learner: the actor (and the Gaussian log-std of a
+    continuous one). `act` samples (explore) or takes the greedy action, over the available
+    actions; exploring also returns the log-prob. The learner owns one and acts through it;
+    `OnPolicyLearner.policy()` hands out a frozen copy."""
+
+    def __init__(self, actor: AgentNet, log_std: torch.nn.Parameter | None, groups: torch.Tensor | None,
+                 discrete: bool, agent_id: bool, gen: torch.Generator):
+        super().__init__()
+        self.actor, self.discrete, self.agent_id, self.gen = actor, discrete, agent_id, gen
+        if log_std is not None:
+            self.log_std = log_std
+            self.register_buffer("groups", groups)
+        self.recurrent = actor.recurrent
+
+    def initial_hidden(self, num_envs: int):
+        if not self.recurrent:
+            return None
+        return self.actor.initial_hidden((num_envs,))
+
+    def group_log_std(self) -> torch.Tensor:
+        return self.log_std[self.groups]
+
+    @torch.no_grad()
+    def act(self, inputs: dict, hidden, explore: bool):
+        obs = inputs["obs"]
+        out, hidden = self.actor(with_agent_id(obs) if self.agent_id else obs, hidden)
+        extras = {}
+        if explore:
+            self.gen = device_generator(self.gen, out.device)
+        if self.discrete:
+            logits = mask_logits(out, inputs["avail"])
+            if not explore:
+                return categorical_greedy(logits), hidden, extras
+            action = categorical_sample(logits, self.gen)
+            extras["logp"] = categorical_logp(logits, action)
+            return action, hidden, extras
+        if not explore:
+            return out, hidden, extras
+        log_std = self.group_log_std().expand_as(out)
+        action = gaussian_sample(out, log_std, self.gen)
+        extras["logp"] = gaussian_logp(out, log_std, action)
+        return action, hidden, extras
+
+
 class OnPolicyLearner(torch.nn.Module):
     def __init__(self, config: OnPolicyConfig, spec: EnvSpec, device: torch.device, seed: int = 0):
         super().__init__()
@@ -142,6 +188,13 @@ class OnPolicyLearner(torch.nn.Module):
         self.gen.manual_seed(seed)
         self.n = n
         self.register_buffer("env_steps", torch.zeros((), dtype=torch.long))
+        # the acting part, over the same tensors (kept out of the module tree: the checkpoint keys stay the learner's)
+        self.__dict__["pi"] = ActorPolicy(self.actor, getattr(self, "log_std", None), getattr(self, "groups", None),
+                                          spec.discrete, config.agent_id, self.gen)
+
+    def policy(self) -> ActorPolicy:
+        """A frozen copy of the acting part on the CPU: the actor only (no critic, no optimiser)."""
+        return frozen_copy(self.pi)
 
     # -- acting -------------------------------------------------------------------------
     def _with_id(self, obs: torch.Tensor) -> torch.Tensor:
@@ -178,35 +231,22 @@ class OnPolicyLearner(torch.nn.Module):
         return hidden[..., :half], hidden[..., half:]
 
     def _log_std(self) -> torch.Tensor:
-        return self.log_std[self.groups]
+        return self.pi.group_log_std()
 
     @torch.no_grad()
     def act(self, inputs: dict, hidden, explore: bool):
-        """Sample (explore) or take the greedy action. Exploring also returns the log-prob the
-        update needs and, for a recurrent critic (whose state must advance with the rollout),
-        the denormalised value; a feed-forward critic runs once per rollout in the update."""
+        """The actor's action (`ActorPolicy.act`). Exploring with a recurrent critic (whose state
+        must advance with the rollout) also returns the denormalised value; a feed-forward
+        critic runs once per rollout in the update."""
         ha, hc = self._split(hidden)
-        out, ha = self.actor(self._with_id(inputs["obs"]), ha)
         extras = {}
         if explore and self.cfg.recurrent:
             value, hc = self._value(inputs["obs"], inputs["state"], hc)
             extras["value"] = self._denormalize(value)
             extras["critic_hidden"] = hc  # after this step, before any reset: bootstraps its next observation
-        if self.spec.discrete:
-            logits = mask_logits(out, inputs["avail"])
-            if not explore:
-                action = categorical_greedy(logits)
-            else:
-                action = categorical_sample(logits, self.gen)
-                extras["logp"] = categorical_logp(logits, action)
-        elif not explore:
-            action = out
-        else:
-            log_std = self._log_std().expand_as(out)
-            action = gaussian_sample(out, log_std, self.gen)
-            extras["logp"] = gaussian_logp(out, log_std, action)
+        action, ha, own = self.pi.act(inputs, ha, explore)
         hidden = None if ha is None else torch.cat([ha, hc], dim=-1)
-        return action, hidden, extras
+        return action, hidden, {**extras, **own}
 
     # -- learning -----------------------------------------------------------------------
     def _evaluate(self, b: dict, h0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

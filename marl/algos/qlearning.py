@@ -38,6 +38,7 @@ from marl.algos.replay import STEP_KEYS, EpisodeBuilder, EpisodeReplay, episode_
 from marl.algos.returns import RunningNorm, decisions, masked_mean, per_agent_rewards, rewards_differ, scalar_team_reward
 from marl.algos.targets import greedy_next_values, masked_argmax, nstep_targets, own_decision_targets, td_lambda_targets
 from marl.core.errors import MarlError, check
+from marl.core.policies import device_generator, frozen_copy
 from marl.core.spec import EnvSpec
 from marl.nets.dists import categorical_sample, mask_logits
 from marl.nets.models import AgentNet, unroll, with_agent_id
@@ -166,6 +167,35 @@ def epsilon_at(cfg: QConfig, env_steps: int) -> float:
     return (1.0 - frac) * cfg.epsilon_start + frac * cfg.epsilon_finish
 
 
+# ----------------------------------------------------------------------------- acting
+class QPolicy(nn.Module):
+    """What acting needs of a value-based learner: the agent Q-network and epsilon-greedy over
+    the available actions (greedy when not exploring). The learner owns one, sets its
+    `epsilon` from its schedule and acts through it; `QLearner.policy()` hands out a frozen
+    copy (no mixer, no target networks, no replay, no optimiser)."""
+
+    def __init__(self, net: AgentNet, agent_id: bool, gen: torch.Generator, epsilon: float = 0.0):
+        super().__init__()
+        self.net, self.agent_id, self.gen, self.epsilon = net, agent_id, gen, epsilon
+
+    def initial_hidden(self, num_envs: int):
+        return self.net.initial_hidden((num_envs,)) if self.net.recurrent else None
+
+    @torch.no_grad()
+    def act(self, inputs: dict, hidden, explore: bool):
+        """Epsilon-greedy over the available actions (greedy when explore is False)."""
+        obs = inputs["obs"]
+        q, hidden = self.net(with_agent_id(obs) if self.agent_id else obs, hidden)
+        avail = inputs["avail"]
+        actions = masked_argmax(q, avail)
+        if explore:
+            gen = self.gen = device_generator(self.gen, q.device)
+            uniform = categorical_sample(mask_logits(torch.zeros_like(q), avail), gen)
+            coin = torch.rand(actions.shape, generator=gen, device=q.device) < self.epsilon
+            actions = torch.where(coin, uniform, actions)
+        return actions, hidden, {}
+
+
 # ----------------------------------------------------------------------------- learner
 class QLearner(nn.Module):
     def __init__(self, config: QConfig, spec: EnvSpec, device: torch.device, seed: int = 0):
@@ -196,6 +226,13 @@ class QLearner(nn.Module):
                   "next_acting": ((n,), torch.bool)}
         self.replay = EpisodeReplay(cfg.buffer_size, None, fields, device=cfg.replay_device or device, batch_size=cfg.batch_size)
         self.builder: EpisodeBuilder | None = None  # built at the first segment (its number of envs)
+        # the acting part, over the same network (kept out of the module tree: the checkpoint keys stay the learner's)
+        self.__dict__["pi"] = QPolicy(self.net, cfg.agent_id, self.act_gen)
+
+    def policy(self) -> QPolicy:
+        """A frozen copy of the acting part on the CPU, at the current epsilon."""
+        self.pi.epsilon = self.epsilon
+        return frozen_copy(self.pi)
 
     # -- acting -------------------------------------------------------------------------
     @property
@@ -206,19 +243,12 @@ class QLearner(nn.Module):
         return with_agent_id(obs) if self.cfg.agent_id else obs
 
     def initial_hidden(self, num_envs: int):
-        return self.net.initial_hidden((num_envs,), self.n) if self.cfg.recurrent else None
+        return self.pi.initial_hidden(num_envs)
 
-    @torch.no_grad()
     def act(self, inputs: dict, hidden, explore: bool):
-        """Epsilon-greedy over the available actions (greedy when explore is False)."""
-        q, hidden = self.net(self._inputs(inputs["obs"]), hidden)
-        avail = inputs["avail"]
-        actions = masked_argmax(q, avail)
-        if explore:
-            uniform = categorical_sample(mask_logits(torch.zeros_like(q), avail), self.act_gen)
-            coin = torch.rand(actions.shape, generator=self.act_gen, device=q.device) < self.epsilon
-            actions = torch.where(coin, uniform, actions)
-        return actions, hidden, {}
+        """Epsilon-greedy over the available actions (greedy when explore is False): `QPolicy.act`."""
+        self.pi.epsilon = self.epsilon
+        return self.pi.act(inputs, hidden, explore)
 
     # -- learning -----------------------------------------------------------------------
     def update(self, b: dict) -> dict[str, float]:

@@ -41,7 +41,15 @@ class Learner(Policy, Protocol):
     the extras `act` returned while exploring, and returns metrics to log (it never logs).
     Checkpoints hold `state_dict()` (networks and buffers) and `extra_state()` (optimiser,
     generators, counters, replay); the trainer checks `parameters()` and `buffers()` for
-    non-finite values after every update."""
+    non-finite values after every update.
+
+    `policy()` hands out a frozen acting copy: a torch.nn.Module on the CPU holding deep copies
+    of only the networks acting needs (no optimiser, no replay, no critic, no target network),
+    with `initial_hidden(E)` and `act(inputs, hidden, explore)` equal to the learner's and
+    `state_dict/load_state_dict` of its own. The learner keeps that acting module itself and
+    delegates `act` to it; evaluators and opponents hold such copies, never learners."""
+
+    def policy(self) -> torch.nn.Module: ...
 
     def update(self, batch: dict[str, torch.Tensor], /) -> dict[str, float]: ...
 

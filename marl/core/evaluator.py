@@ -1,8 +1,8 @@
 """Greedy evaluation in a background process, so that training does not wait for it.
 
-At an evaluation step the trainer sends a CPU copy of the learner's parameters and carries on
-collecting and updating; the evaluator process loads them into its own copy of the policy,
-runs the episodes on its own envs (stepped in that process) and sends back the episodes'
+At an evaluation step the trainer sends a frozen CPU copy of the policy (a learner's
+`policy()`, or a joint policy of several) and carries on collecting and updating; the
+evaluator process runs the episodes on its own envs (stepped in that process) and sends back the episodes'
 statistics. It runs exactly the episodes a blocking `evaluate` with the same env count and
 seed would run, so the results do not depend on where they were computed. On 2 cores this
 uses the CPU time that training leaves idle while it waits on its env workers (BENCHMARKS.md).
@@ -21,25 +21,18 @@ from marl.core.spec import EnvSpec
 from marl.core.vec import EpisodeStats, VecEnv, process_context
 
 
-def cpu_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The module's state dict as CPU tensors that do not share memory with training."""
-    return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
-
-
-def _serve(conn, make_fn: Callable[[], Any], spec: EnvSpec, make_policy: Callable[[], Any], num_envs: int, episodes: int, seed: int) -> None:
+def _serve(conn, make_fn: Callable[[], Any], spec: EnvSpec, num_envs: int, episodes: int, seed: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the training process's to handle
     torch.set_num_threads(1)
     cpu = torch.device("cpu")
     vec = VecEnv(make_fn, num_envs, seed=seed, workers=0, spec=spec)
-    policy = make_policy()
     try:
         while True:
             msg = conn.recv()
             if msg is None:
                 return
-            step, state = msg
+            step, policy = msg
             try:
-                policy.load_state_dict(state)
                 conn.send(("ok", step, evaluate(vec, policy, episodes, cpu, seed=seed)))
             except MarlError as err:
                 conn.send(("error", step, err))
@@ -67,6 +60,8 @@ class Evaluator:
         return [step for step, _ in self._done]
 
     def start(self, step: int, policy: Any) -> None:
+        """Evaluate `policy` (a frozen copy: a learner's `policy()`, moved to this device)."""
+        policy = policy.to(self.device) if isinstance(policy, torch.nn.Module) else policy
         self._done.append((step, evaluate(self.vec, policy, self.episodes, self.device, seed=self.seed)))
 
     def results(self) -> list[tuple[int, list[EpisodeStats]]]:
@@ -78,21 +73,21 @@ class Evaluator:
 
 
 class BackgroundEvaluator:
-    """The same in a background process: `start` sends a copy of the policy's parameters and
-    returns at once; `results()` waits for the evaluations in flight. The trainer asks for
+    """The same in a background process: `start` sends the policy (a frozen CPU copy, pickled)
+    and returns at once; `results()` waits for the evaluations in flight. The trainer asks for
     them at fixed points (its next log row, evaluation or the end), so that metrics.jsonl
     holds the same rows in the same order wherever the evaluations ran."""
 
-    def __init__(self, make_fn: Callable[[], Any], spec: EnvSpec, make_policy: Callable[[], Any], num_envs: int, episodes: int, seed: int):
+    def __init__(self, make_fn: Callable[[], Any], spec: EnvSpec, num_envs: int, episodes: int, seed: int):
         ctx = process_context()
         self._conn, child = ctx.Pipe()
-        self._proc = ctx.Process(target=_serve, args=(child, make_fn, spec, make_policy, num_envs, episodes, seed), daemon=True)
+        self._proc = ctx.Process(target=_serve, args=(child, make_fn, spec, num_envs, episodes, seed), daemon=True)
         self._proc.start()
         child.close()
         self.pending: deque[int] = deque()  # env steps of the evaluations started and not yet returned by `results`
 
-    def start(self, step: int, policy: torch.nn.Module) -> None:
-        self._conn.send((step, cpu_state(policy)))
+    def start(self, step: int, policy: Any) -> None:
+        self._conn.send((step, policy))
         self.pending.append(step)
 
     def results(self) -> list[tuple[int, list[EpisodeStats]]]:

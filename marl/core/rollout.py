@@ -22,6 +22,19 @@ class Policy(Protocol):
     def act(self, inputs: dict[str, torch.Tensor], hidden: Any, explore: bool) -> tuple[torch.Tensor, Any, dict]: ...
 
 
+def _episodes_ended(policy: Any, done: np.ndarray, episodes: list[EpisodeStats]) -> None:
+    """A joint policy (marl.core.policies.PolicyMap) tags finished episodes and redraws seats."""
+    hook = getattr(policy, "episodes_ended", None)
+    if hook is not None:
+        hook(done, episodes)
+
+
+def _hidden_to(hidden: Any, device: torch.device) -> Any:
+    if isinstance(hidden, list):
+        return [_hidden_to(h, device) for h in hidden]
+    return None if hidden is None else hidden.to(device)
+
+
 def to_tensors(arrays: dict[str, np.ndarray], device: torch.device, keys=OBS_FIELDS) -> dict[str, torch.Tensor]:
     """Copies (the runner reuses its arrays on the next step)."""
     return {k: torch.tensor(arrays[k], device=device) for k in keys}
@@ -35,13 +48,6 @@ def reset_hidden(hidden: Any, done: torch.Tensor) -> Any:
     if hidden is None or not bool(done.any()):
         return hidden
     return hidden * (~done).view(-1, *([1] * (hidden.dim() - 1))).to(hidden.dtype)
-
-
-def _to(hidden: Any, device: torch.device) -> Any:
-    """A recurrent state (None, a tensor or a list of them) on `device`."""
-    if isinstance(hidden, list):
-        return [_to(h, device) for h in hidden]
-    return None if hidden is None else hidden.to(device)
 
 
 class Collector:
@@ -69,6 +75,7 @@ class Collector:
             inputs = self.last
             actions, self.hidden, extras = self.policy.act(inputs, self.hidden, explore)
             arrays, eps = self.vec.step(actions.cpu().numpy())
+            _episodes_ended(self.policy, arrays["done"], eps)
             episodes.extend(eps)
             step = {k: torch.as_tensor(v) for k, v in arrays.items()}
             for source in (inputs, {"actions": actions}, extras):
@@ -87,13 +94,14 @@ class Collector:
         return batch, episodes
 
     def state_dict(self) -> dict:
-        return {"last": {k: v.cpu() for k, v in self.last.items()}, "hidden": self.hidden, "envs": self.vec.get_state()}
+        return {"last": {k: v.cpu() for k, v in self.last.items()}, "hidden": _hidden_to(self.hidden, torch.device("cpu")),
+                "envs": self.vec.get_state()}
 
     def load_state_dict(self, state: dict) -> None:
         self.vec.set_state(state["envs"])
         self.last = {k: v.to(self.device) for k, v in state["last"].items()}
         self.last.setdefault("acting", self.last["alive"])  # saved without an acting mask: parallel envs, where it is alive
-        self.hidden = _to(state["hidden"], self.device)
+        self.hidden = _hidden_to(state["hidden"], self.device)
 
 
 @torch.no_grad()
@@ -108,6 +116,7 @@ def evaluate(vec: VecEnv, policy: Policy, episodes: int, device: torch.device, s
     while len(out) < episodes:
         actions, hidden, _ = policy.act(last, hidden, explore)
         arrays, finished = vec.step(actions.cpu().numpy())
+        _episodes_ended(policy, arrays["done"], finished)
         for ep in finished:
             if counts[ep.env] < per_env and len(out) < episodes:
                 out.append(ep)

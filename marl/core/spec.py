@@ -74,6 +74,17 @@ class EnvSpec:
     def discrete(self) -> bool:
         return self.action_kind == "discrete"
 
+    def subset(self, agents: Any) -> "EnvSpec":
+        """The spec of the agents at indices `agents` (in that order), as one policy sees them:
+        their own observation and action sizes (padded to their own maxima), the global state."""
+        idx = [int(i) for i in agents]
+        pick = lambda values: tuple(values[i] for i in idx) if values else ()  # noqa: E731
+        width = max(self.action_sizes[i] for i in idx)
+        cut = lambda bounds: tuple(b[:width] for b in pick(bounds))  # noqa: E731
+        return EnvSpec(pick(self.agents), pick(self.obs_dims), self.action_kind, pick(self.action_sizes), self.state_dim,
+                       self.has_state, self.has_action_mask, cut(self.action_low), cut(self.action_high), self.name,
+                       self.state_is_concat_obs)
+
     @classmethod
     def from_env(cls, env: Any, name: str = "") -> "EnvSpec":
         agents = tuple(env.possible_agents)

@@ -37,6 +37,7 @@ class EpisodeStats:
     agent_returns: np.ndarray
     length: int
     env: int = 0
+    owner: tuple[int, ...] | None = None  # with several policies: the index of the policy that controlled each agent
 
 
 def _layout(spec: EnvSpec, e: int) -> dict[str, tuple[tuple[int, ...], type, int]]:

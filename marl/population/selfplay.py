@@ -1,19 +1,20 @@
-"""Self-play against an opponent pool, for two-player games.
+"""Self-play against an opponent pool, for two-player games, on the trainer's policy slots.
 
-In every env the learner plays one seat against one pool member; both are redrawn when the
-env's episode ends (`SelfPlayPolicy`: the seat uniformly, the opponent with the pool's
-sampling). The learner acts on the whole batch once per step, each opponent in use once on
-its envs' rows; the learner learns only from its own seat's rows (`learner_batch` clears
-`acting` elsewhere). `SelfPlay` ties it together for the trainer: results of training games
-feed the pool's win rates, snapshots (`learner.policy()` state dicts) join the pool on a
-schedule or past a win rate, and every evaluation plays greedy matches of the learner against
-each member (and the fixed opponents) from both seats, each game updating OpenSkill ratings.
-Pool, sampler, ratings, seats, opponents' generators and recurrent states are all in
-`state_dict()`, so a resumed run continues the same games.
+A self-play run is a `marl.trainer.Trainer` with two slots and `seats="shuffle"`: the
+learner's slot (the first agent's name) and the opponents' slot (the second's), whose policy
+is a `PoolPolicy`; each env redraws which seat the learner takes when its episode ends (the
+trainer's `PolicyMap`), and the learner updates from its own rows only. `PoolPolicy` plays a
+pool member per env, redrawn with the pool's sampling when the env's episode ends; each
+member in use acts once per step on the rows of its envs. The `SelfPlay` callback feeds the
+results of training games into the pool's win rates, adds snapshots (`learner.policy()`
+state dicts) on a schedule or past a win rate, and at every evaluation plays greedy matches
+of the learner against every member and fixed opponent, each game updating OpenSkill
+ratings. The pool policy (pool, sampler, per-env opponents, generators) is the opponent
+slot's policy, which the trainer's checkpoints keep; the ratings are the callback's state.
 """
 from __future__ import annotations
 
-import importlib
+import copy
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,13 +23,11 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from marl.core.errors import MarlError, check
-from marl.core.policies import AgentPolicies, RandomPolicy
-from marl.core.rollout import Policy, evaluate as run_episodes
+from marl.configio import load_yaml, save_yaml, to_dict
+from marl.core.errors import MarlError, check, first_line
+from marl.core.rollout import Policy
 from marl.core.spec import EnvSpec
 from marl.core.vec import EpisodeStats, VecEnv
-from marl.configio import to_dict
-from marl.train import Callback
 from marl.population.pool import Member, OpponentPool, Sampling
 from marl.population.ratings import LEARNER, Ratings
 
@@ -48,7 +47,7 @@ class SelfPlayConfig:
     sampling: Sampling = "pfsp"
     """Opponent sampling: latest snapshot, uniform over the pool, or pfsp (weight (1-p)^2 of the learner's win rate p against each)."""
     opponents: list = field(default_factory=list)
-    """Fixed opponents, comma-separated: random (uniform over legal moves), a checkpoint (file or run directory), or module:factory (called as factory(spec, device), returns a policy)."""
+    """Fixed opponents, comma-separated: random (uniform over legal moves), a checkpoint (file or run directory), or module:factory (factory(spec) returns a policy)."""
     fixed_in_pool: bool = True
     """Fixed opponents are also drawn as training opponents (else they are only evaluation opponents)."""
     match_games: int = 20
@@ -69,19 +68,19 @@ def check_config(cfg: SelfPlayConfig, spec: EnvSpec) -> None:
 
 # ----------------------------------------------------------------------------- opponents
 def _fits(name: str, policy: Policy, spec: EnvSpec) -> Policy:
-    """One exploring step of `policy` on an all-legal dummy batch: its actions must be [E, N]
-    legal indices (discrete) or [E, N, A] (continuous); a one-line MarlError otherwise."""
+    """One exploring step of `policy` on an all-legal dummy batch of its slot: its actions must
+    be [E, n] legal indices (discrete) or [E, n, A] (continuous); a one-line MarlError otherwise."""
     e, n = 2, spec.n_agents
     inputs = {"obs": torch.zeros(e, n, spec.obs_dim), "state": torch.zeros(e, spec.state_dim),
               "avail": torch.ones(e, n, spec.n_actions, dtype=torch.bool), "alive": torch.ones(e, n, dtype=torch.bool),
               "acting": torch.ones(e, n, dtype=torch.bool)}
-    fix = f"give opponents for env '{spec.name}' ({n} agents, observations of {spec.obs_dim} floats, {spec.n_actions} actions)"
+    fix = f"give opponents for env '{spec.name}' (observations of {spec.obs_dim} floats, {spec.n_actions} actions)"
     try:
         actions, _, _ = policy.act(inputs, policy.initial_hidden(e), True)
     except MarlError:
         raise
     except Exception as err:  # noqa: BLE001 - a user's policy: its failure is the message
-        raise MarlError(f"pool opponent '{name}' does not fit this env's spaces ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})", fix) from None
+        raise MarlError(f"pool opponent '{name}' does not fit this env's spaces ({type(err).__name__}: {first_line(err)})", fix) from None
     want = (e, n) if spec.discrete else (e, n, spec.n_actions)
     ok = tuple(actions.shape) == want and (not spec.discrete or bool(((actions >= 0) & (actions < spec.n_actions)).all()))
     check(ok, f"pool opponent '{name}' does not fit this env's spaces (actions of shape {tuple(actions.shape)}, want {want}"
@@ -89,151 +88,8 @@ def _fits(name: str, policy: Policy, spec: EnvSpec) -> Policy:
     return policy
 
 
-def fixed_opponent(source: str, spec: EnvSpec, seed: int) -> tuple[str, Callable[[], Policy]]:
-    """(kind, builder) of a fixed opponent given as `random`, a checkpoint path, or module:factory;
-    the builder is checked against the env's spaces once here."""
-    cpu = torch.device("cpu")
-    if source == "random":
-        build = lambda: RandomPolicy(spec, cpu, seed=seed)  # noqa: E731
-        kind = "random"
-    elif Path(source).exists():
-        build = lambda: load_policy(source, spec, cpu)  # noqa: E731
-        kind = "checkpoint"
-    elif ":" in source:
-        module, _, name = source.partition(":")
-        try:
-            factory = getattr(importlib.import_module(module), name)
-        except (ImportError, AttributeError) as err:
-            raise MarlError(f"pool opponent '{source}' cannot be loaded ({err})", "give module.path:factory of an importable callable") from None
-        build = lambda: factory(spec, cpu)  # noqa: E731
-        kind = "factory"
-    else:
-        raise MarlError(f"pool opponent '{source}' is neither random, an existing checkpoint nor module:factory",
-                        "give random, a checkpoint file or run directory, or module.path:factory")
-    _fits(source, build(), spec)
-    return kind, build
-
-
-def frozen_policy(learner) -> Policy:
-    """The learner's frozen acting copy (`Learner.policy()`)."""
-    if hasattr(learner, "policy"):
-        return learner.policy()
-    import copy
-
-    policy = copy.deepcopy(learner).eval().requires_grad_(False)
-    return policy
-
-
-def load_policy(path: str, spec: EnvSpec, device: torch.device) -> Policy:
-    """The frozen policy of a run's checkpoint (file or run directory), built for `spec`."""
-    from marl.algos import ALGOS
-    from marl.checkpoint import resolve_checkpoint
-    from marl.train import _load_model, _saved_algo_config
-
-    found, ckpt, _ = resolve_checkpoint(path)
-    saved = ckpt["config"]
-    entry = ALGOS.get(saved["train"]["algo"])
-    learner = entry.learner(_saved_algo_config(entry, saved["algo"]), spec, device, 0)
-    try:
-        _load_model(learner, ckpt["model"], found)
-    except MarlError as err:
-        raise MarlError(f"pool opponent '{path}' does not fit this env's spaces ({err.problem})",
-                        f"give a checkpoint of a run on env '{spec.name}' or one with the same spaces") from None
-    return frozen_policy(learner)
-
-
 def _generators(policy: Any) -> list[torch.Generator]:
     return [v for _, v in sorted(vars(policy).items()) if isinstance(v, torch.Generator)]
-
-
-# ----------------------------------------------------------------------------- the training policy
-class SelfPlayPolicy:
-    """The joint policy of self-play training. Its recurrent state is [learner's state, fresh
-    flags [E]]: the collector zeroes the flags of envs whose episode ended, and the next `act`
-    draws a new seat and opponent for them. `extras['learner_seat']` [E, N] marks the
-    learner's column."""
-
-    def __init__(self, learner: Policy, pool: OpponentPool, opponent: Callable[[int], Policy], num_envs: int, n_agents: int):
-        self.learner, self.pool, self.opponent, self.n = learner, pool, opponent, n_agents
-        self.seat = np.zeros(num_envs, np.int64)
-        self.opp = np.full(num_envs, -1, np.int64)
-        self.games: list[deque] = [deque() for _ in range(num_envs)]  # (seat, opponent id) per unfinished episode
-        self.opp_hidden: dict[int, Any] = {}
-
-    def initial_hidden(self, num_envs: int) -> list:
-        return [self.learner.initial_hidden(num_envs), torch.zeros(num_envs)]
-
-    def _draw(self, envs: np.ndarray, num_envs: int) -> None:
-        self.opp[envs] = self.pool.sample(len(envs))
-        self.seat[envs] = self.pool.rng.integers(0, self.n, size=len(envs))
-        for e in envs:
-            self.games[e].append((int(self.seat[e]), int(self.opp[e])))
-        for k in np.unique(self.opp[envs]):
-            policy = self.opponent(int(k))
-            h0 = policy.initial_hidden(num_envs)
-            if h0 is not None:
-                rows = torch.as_tensor(envs[self.opp[envs] == k])
-                h = self.opp_hidden.setdefault(int(k), h0)
-                h[rows] = h0[rows]
-
-    def act(self, inputs: dict[str, torch.Tensor], hidden: list, explore: bool):
-        learner_h, fresh = hidden
-        E = fresh.shape[0]
-        new = np.flatnonzero(fresh.cpu().numpy() == 0)
-        if len(new):
-            self._draw(new, E)
-            fresh = torch.ones_like(fresh)
-        actions, learner_h, extras = self.learner.act(inputs, learner_h, explore)
-        mine = torch.nn.functional.one_hot(torch.as_tensor(self.seat, device=actions.device), self.n).bool()  # [E, N]
-        # a feed-forward opponent acts only in envs where its side moves (turn-based: about half);
-        # a recurrent one at every step of its games, as it was trained
-        moves = (inputs["acting"] & ~mine).any(-1).cpu().numpy() if "acting" in inputs else np.ones(E, bool)
-        for k in np.unique(self.opp):
-            h = self.opp_hidden.get(int(k))
-            rows = np.flatnonzero((self.opp == k) & (moves if h is None else True))
-            if not len(rows):
-                continue
-            rows = torch.as_tensor(rows, device=actions.device)
-            policy = self.opponent(int(k))
-            sub = {key: v.index_select(0, rows) for key, v in inputs.items()}
-            a, h_new, _ = policy.act(sub, None if h is None else h[rows], True)
-            if h is not None:
-                h[rows] = h_new
-            actions[rows] = torch.where(mine[rows].view(*mine[rows].shape, *([1] * (a.dim() - 2))), actions[rows], a.to(actions.device))
-        return actions, [learner_h, fresh], {**extras, "learner_seat": mine}
-
-    def finished(self, episodes: list[EpisodeStats]) -> list[tuple[int, int, float]]:
-        """(seat, opponent id, learner's score) of each finished episode, in order."""
-        out = []
-        for ep in episodes:
-            seat, opp = self.games[ep.env].popleft()
-            ret = float(np.asarray(ep.agent_returns)[seat])
-            out.append((seat, opp, 1.0 if ret > 0 else 0.5 if ret == 0 else 0.0))
-        return out
-
-    def state_dict(self) -> dict:
-        return {"seat": self.seat.copy(), "opp": self.opp.copy(), "games": [list(g) for g in self.games], "opp_hidden": dict(self.opp_hidden)}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.seat, self.opp = state["seat"].copy(), state["opp"].copy()
-        self.games = [deque(tuple(x) for x in g) for g in state["games"]]
-        self.opp_hidden = dict(state["opp_hidden"])
-
-
-def learner_batch(batch: dict[str, torch.Tensor], seat_now: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The rollout as the learner's update sees it: only its own seat's rows act (`acting` and,
-    after the rollout, `next_acting` with the seats of the episodes in progress), and its own
-    recurrent state."""
-    out = {k: v for k, v in batch.items() if k != "learner_seat"}
-    out["acting"] = batch["acting"] & batch["learner_seat"]
-    out["next_acting"] = batch["next_acting"] & seat_now.to(batch["next_acting"].device)
-    if "hidden0" in batch:
-        learner_h = batch["hidden0"][0]
-        if learner_h is None:
-            out.pop("hidden0")
-        else:
-            out["hidden0"] = learner_h
-    return out
 
 
 class _Exploring:
@@ -250,156 +106,264 @@ class _Exploring:
         return self.policy.act(inputs, hidden, True)
 
 
-# ----------------------------------------------------------------------------- the trainer's part
-class SelfPlay(Callback):
-    """Self-play for one learner, a trainer callback: its joint training policy (`policy`), the
-    rows its update sees (`learner_batch`), the pool's records and snapshots (`after_update`),
-    the rated matches (`evaluate`), ratings.csv and ratings.png (`finish`), all of it in the
-    checkpoints (`state_dict`)."""
+class PoolPolicy:
+    """The opponents' slot: in each env one pool member, drawn with the pool's sampling when
+    the env's episode starts. Its recurrent state is a flag per env that the collector zeroes
+    when the env's episode ends; the next `act` draws for those envs. Members always sample
+    their moves (`explore` is ignored: a greedy snapshot would repeat one game). A feed-forward
+    member acts only on the rows of its envs where it moves; a recurrent one at every step of
+    its games, as it was trained. `games[e]` holds the opponents of env e's unfinished
+    episodes, oldest first."""
 
-    name = "self_play"
+    def __init__(self, spec: EnvSpec, template: Policy, fixed: dict[str, Policy], pool: OpponentPool, seed: int):
+        self.spec, self.template, self.fixed, self.pool, self.seed = spec, template, dict(fixed), pool, seed
+        self.members: dict[int, Policy] = {}  # built policies of the members in use
+        self.retired: dict[int, Member] = {}  # members that left the pool while an env still plays them
+        self.opp = np.full(0, -1, np.int64)
+        self.games: list[deque] = []
+        self.opp_hidden: dict[int, Any] = {}
 
-    def __init__(self, cfg: SelfPlayConfig):
-        self.cfg = cfg
-
-    def config(self) -> dict:
-        return to_dict(self.cfg)
-
-    def setup(self, learner, spec: EnvSpec, make_fn, run_cfg, device: torch.device) -> None:
-        cfg, seed, num_envs = self.cfg, run_cfg.seed, run_cfg.num_envs
-        check_config(cfg, spec)
-        self.spec, self.learner, self.device, self.seed = spec, learner, device, seed
-        self.fixed: dict[str, Callable[[], Policy]] = {}
-        self.pool = OpponentPool(max_size=cfg.pool_size, sampling=cfg.sampling, seed=seed)
-        self.ratings = Ratings()
-        self.ratings.add(LEARNER)
-        self.eval_only: list[str] = []
-        for k, source in enumerate(cfg.opponents):
-            kind, build = fixed_opponent(str(source), spec, seed=seed + 7919 * (k + 1))
-            self.fixed[str(source)] = build
-            self.ratings.add(str(source))
-            if cfg.fixed_in_pool:
-                self.pool.add_fixed(str(source), kind, source=str(source))
+    def member(self, member_id: int) -> Policy:
+        if member_id not in self.members:
+            m = self.pool.by_id(member_id) or self.retired.get(member_id)
+            check(m is not None, f"opponent {member_id} is neither in the pool nor in a game", "this is a bug")
+            if m.kind == "snapshot":
+                policy = copy.deepcopy(self.template)
+                policy.load_state_dict(m.state)
             else:
-                self.eval_only.append(str(source))
-        self._policies: dict[int, Policy] = {}
-        self.retired: dict[int, Any] = {}  # members that left the pool while an env still plays them
-        self.joint = None
-        self.snapshot(0)
-        self.joint: SelfPlayPolicy = SelfPlayPolicy(learner, self.pool, self._opponent, num_envs, spec.n_agents)
-        self.match_vec = VecEnv(make_fn, cfg.match_games, seed=seed, workers=0, spec=spec)
-        self.match_seed = seed + 2_000_003
-
-    # opponents
-    def _build(self, member) -> Policy:
-        if member.kind == "snapshot":
-            policy = frozen_policy(self.learner)
-            policy.load_state_dict(member.state)
-            return policy
-        return self.fixed[member.source]()
-
-    def _opponent(self, member_id: int) -> Policy:
-        """The training policy of a pool member (kept while an env still plays it)."""
-        if member_id not in self._policies:
-            member = self.pool.by_id(member_id) or self.retired.get(member_id)
-            check(member is not None, f"opponent {member_id} is neither in the pool nor in a game", "this is a bug")
-            self._policies[member_id] = self._build(member)
-            for k, g in enumerate(_generators(self._policies[member_id])):
+                policy = self.fixed[m.name]
+            for k, g in enumerate(_generators(policy)):
                 g.manual_seed(self.seed * 1_000_003 + member_id * 101 + k)
-        return self._policies[member_id]
+            self.members[member_id] = policy
+        return self.members[member_id]
 
-    def snapshot(self, step: int) -> None:
-        before = {m.id: m for m in self.pool.members}
-        member = self.pool.add_snapshot({k: v.detach().cpu().clone() for k, v in frozen_policy(self.learner).state_dict().items()}, step)
-        self.ratings.add(member.name, like=LEARNER)
-        playing = set(self.joint.opp.tolist()) if self.joint is not None else set()
-        for k, m in before.items():
-            if self.pool.by_id(k) is None:
-                self.ratings.remove_unrated(m.name)
-                if k in playing:
-                    self.retired[k] = m
+    def initial_hidden(self, num_envs: int) -> torch.Tensor:
+        return torch.zeros(num_envs)
 
-    # training
-    def policy(self, learner=None) -> SelfPlayPolicy:
-        return self.joint
+    def _draw(self, envs: np.ndarray) -> None:
+        E = len(self.opp)
+        self.opp[envs] = self.pool.sample(len(envs))
+        for e in envs:
+            self.games[e].append(int(self.opp[e]))
+        for k in np.unique(self.opp[envs]):
+            h0 = self.member(int(k)).initial_hidden(E)
+            if h0 is not None:
+                rows = torch.as_tensor(envs[self.opp[envs] == k])
+                h = self.opp_hidden.setdefault(int(k), h0)
+                h[rows] = h0[rows]
 
-    def learner_batch(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        seat_now = torch.nn.functional.one_hot(torch.as_tensor(self.joint.seat), self.spec.n_agents).bool()
-        return learner_batch(batch, seat_now)
+    def act(self, inputs: dict[str, torch.Tensor], fresh: torch.Tensor, explore: bool):
+        E, n = inputs["obs"].shape[:2]
+        if len(self.opp) != E:  # a new env batch (e.g. a copy that evaluates)
+            self.opp, self.games = np.full(E, -1, np.int64), [deque() for _ in range(E)]
+        new = np.flatnonzero(fresh.cpu().numpy() == 0)
+        if len(new):
+            self._draw(new)
+        device = inputs["obs"].device
+        shape = (E, n) if self.spec.discrete else (E, n, self.spec.n_actions)
+        actions = torch.zeros(shape, dtype=torch.long if self.spec.discrete else torch.float32, device=device)
+        moves = inputs["acting"].any(-1).cpu().numpy()
+        for k in np.unique(self.opp):
+            h = self.opp_hidden.get(int(k))
+            rows = np.flatnonzero((self.opp == k) & (moves if h is None else True))
+            if not len(rows):
+                continue
+            rows_t = torch.as_tensor(rows, device=device)
+            sub = {key: v.index_select(0, rows_t).cpu() for key, v in inputs.items()}  # members live on the CPU
+            rows_c = rows_t.cpu()
+            a, h_new, _ = self.member(int(k)).act(sub, None if h is None else h[rows_c], True)
+            if h is not None:
+                h[rows_c] = h_new
+            actions[rows_t] = a.to(device, actions.dtype)
+        return actions, torch.ones_like(fresh), {}
 
-    def after_update(self, step: int, episodes: list[EpisodeStats]) -> dict[str, float]:
-        """Record the finished training games, take a snapshot when due, drop the policies of
-        members no env plays any more; returns training metrics."""
-        results = self.joint.finished(episodes)
-        for _, opp, score in results:
-            self.pool.record(opp, score)
-        if self.pool.wants_snapshot(step, self.cfg.snapshot_interval, self.cfg.snapshot_win_rate, self.cfg.snapshot_min_games):
-            self.snapshot(step)
-        playing = set(self.joint.opp.tolist())
+    def finished(self, episodes: list[EpisodeStats]) -> list[int]:
+        """The opponent of each finished episode, in order."""
+        return [self.games[ep.env].popleft() for ep in episodes]
+
+    def forget(self) -> None:
+        """Drop what no env needs any more: built members and states of members that left."""
+        playing = set(self.opp.tolist())
         self.retired = {k: m for k, m in self.retired.items() if k in playing}
         live = set(self.pool.ids()) | playing
-        for k in [k for k in self._policies if k not in live]:
-            del self._policies[k]
-            self.joint.opp_hidden.pop(k, None)
-        score, games = self.pool.since_snapshot
-        out = {"selfplay/pool_size": float(len(self.pool.members)), "selfplay/members_added": float(self.pool.next_id)}
+        for k in [k for k in self.members if k not in live]:
+            del self.members[k]
+            self.opp_hidden.pop(k, None)
+
+    def add_snapshot(self, state: dict, step: int) -> list[Member]:
+        """A snapshot joins the pool; returns the members that left it."""
+        before = {m.id: m for m in self.pool.members}
+        self.pool.add_snapshot(state, step)
+        gone = [m for k, m in before.items() if self.pool.by_id(k) is None]
+        playing = set(self.opp.tolist())
+        self.retired.update({m.id: m for m in gone if m.id in playing})
+        return gone
+
+
+# ----------------------------------------------------------------------------- the run
+def _score(ret: float) -> float:
+    return 1.0 if ret > 0 else 0.5 if ret == 0 else 0.0
+
+
+class SelfPlay:
+    """The self-play callback of a Trainer (see the module's docstring). Build the run with
+    `self_play_policies` (or `train_self_play`)."""
+
+    def __init__(self, cfg: SelfPlayConfig, learner_slot: str, pool_slot: str, eval_only: dict[str, Policy] | None = None):
+        self.cfg, self.learner_slot, self.pool_slot = cfg, learner_slot, pool_slot
+        self.eval_only = dict(eval_only or {})  # fixed opponents that only play the rated matches
+        self.ratings = Ratings()
+        self.ratings.add(LEARNER)
+        for name in cfg.opponents:
+            self.ratings.add(str(name))
+        self._config_saved = False
+        self.rated_at = -1  # env step of the last evaluation whose matches were played
+        self.pending: dict[int, dict] = {}  # their metrics, until the trainer logs that evaluation
+
+    def _pool(self, t) -> PoolPolicy:
+        return t.policy(self.pool_slot)
+
+    def on_step_start(self, t) -> None:
+        if not self._config_saved:  # config.yaml gets the self-play settings: --resume and --config rebuild the run
+            data = load_yaml(t.run_dir / "config.yaml") or {}
+            if data.get("self_play") != to_dict(self.cfg):
+                save_yaml(t.run_dir / "config.yaml", {**data, "self_play": to_dict(self.cfg)})
+            self._config_saved = True
+        pp = self._pool(t)
+        if pp.pool.wants_snapshot(t.step_count, self.cfg.snapshot_interval, self.cfg.snapshot_win_rate, self.cfg.snapshot_min_games):
+            self._snapshot(t, pp)
+        if t.evals is not None and t.last["eval"] == t.step_count and self.rated_at != t.step_count:
+            self._matches(t, t.step_count)  # an evaluation started at this step: the learner as it evaluated
+
+    def _snapshot(self, t, pp: PoolPolicy) -> None:
+        state = {k: v.detach().cpu().clone() for k, v in t.learners[self.learner_slot].policy().state_dict().items()}
+        for m in pp.add_snapshot(state, t.step_count):
+            self.ratings.remove_unrated(m.name)
+        self.ratings.add(pp.pool.members[-1].name, like=LEARNER)
+
+    def on_collect(self, t, batch, episodes: list[EpisodeStats]) -> None:
+        pp = self._pool(t)
+        k = t.slots.index(self.learner_slot)
+        for ep, opp in zip(episodes, pp.finished(episodes)):
+            ret = float(np.sum(np.asarray(ep.agent_returns)[np.asarray(ep.owner) == k]))
+            pp.pool.record(opp, _score(ret))
+        pp.forget()
+
+    def on_update(self, t, metrics: dict) -> None:
+        pool = self._pool(t).pool
+        score, games = pool.since_snapshot
+        metrics.update({"selfplay/pool_size": float(len(pool.members)), "selfplay/members_added": float(pool.next_id)})
         if games:
-            out["selfplay/score_since_snapshot"] = score / games
-        return out
+            metrics["selfplay/score_since_snapshot"] = score / games
 
-    # evaluation
-    def _eval_opponents(self) -> list[tuple[str, Policy]]:
-        out = [(m.name, self._build(m)) for m in self.pool.members] + [(name, self.fixed[name]()) for name in self.eval_only]
-        for k, (_, policy) in enumerate(out):
-            for j, g in enumerate(_generators(policy)):
-                g.manual_seed(self.match_seed + 31 * k + j)
-        return out
+    def on_evaluate(self, t, step: int, episodes) -> dict[str, float]:
+        """The rated matches of the evaluation at `step` (played when it started, or now for the
+        run's last one): logged in its row."""
+        if self.rated_at != step:
+            self._matches(t, step)
+        return self.pending.pop(step, {})
 
-    def evaluate(self, step: int) -> dict[str, float]:
-        """`match_games` greedy games of the learner from each seat against every pool member and
-        fixed opponent; every game updates the ratings. Returns the learner's win/draw/loss
-        rates against each fixed opponent, its mean score against the pool, and the ratings."""
-        out: dict[str, float] = {}
-        scores = []
-        for name, opponent in self._eval_opponents():
+    def _matches(self, t, step: int) -> None:
+        """`match_games` greedy games of the learner per seat against every pool member and
+        evaluation-only opponent (the seats drawn per game, as in training); every game updates
+        the ratings. Keeps for the evaluation's row the learner's win/draw/loss rates against
+        each fixed opponent, its mean score against the pool, and every rating."""
+        pp = self._pool(t)
+        opponents = [(m.name, copy.deepcopy(pp.member(m.id))) for m in pp.pool.members]
+        opponents += [(name, copy.deepcopy(policy)) for name, policy in self.eval_only.items()]
+        k = t.slots.index(self.learner_slot)
+        seed = t.cfg.seed + MATCH_SEED_OFFSET
+        out, scores = {}, []
+        for j, (name, policy) in enumerate(opponents):
+            for i, g in enumerate(_generators(policy)):
+                g.manual_seed(seed + 31 * j + i)
             counts = np.zeros(3)
-            for seat in range(self.spec.n_agents):
-                owner = [1] * self.spec.n_agents
-                owner[seat] = 0
-                policy = AgentPolicies([self.learner, _Exploring(opponent)], owner)
-                for ep in run_episodes(self.match_vec, policy, self.cfg.match_games, self.device, seed=self.match_seed):
-                    ret = float(np.asarray(ep.agent_returns)[seat])
-                    score = 1.0 if ret > 0 else 0.5 if ret == 0 else 0.0
-                    self.ratings.game(LEARNER, name, score)
-                    counts[int(2 - 2 * score)] += 1
-                    scores.append(score)
-            if name in self.fixed:
-                out.update({f"eval/vs_{name}/{k}": float(c / counts.sum()) for k, c in zip(("win", "draw", "loss"), counts)})
+            for ep in t.play(overrides={self.pool_slot: _Exploring(policy)}, episodes=2 * self.cfg.match_games, seed=seed):
+                score = _score(float(np.sum(np.asarray(ep.agent_returns)[np.asarray(ep.owner) == k])))
+                self.ratings.game(LEARNER, name, score)
+                counts[int(2 - 2 * score)] += 1
+                scores.append(score)
+            if name in self.cfg.opponents:
+                out.update({f"eval/vs_{name}/{key}": float(c / counts.sum()) for key, c in zip(("win", "draw", "loss"), counts)})
         out["eval/score_vs_pool"] = float(np.mean(scores))
-        out.update(self.ratings.record(step, [LEARNER, *(m.name for m in self.pool.members), *self.eval_only]))
-        return out
+        out.update(self.ratings.record(step, [LEARNER, *(m.name for m in pp.pool.members), *self.eval_only]))
+        self.pending[step], self.rated_at = out, step
 
-    def finish(self, run_dir: Path) -> None:
-        """ratings.csv (the final table) and ratings.png (rating against env steps)."""
-        self.ratings.write_table(Path(run_dir) / "ratings.csv")
-        self.ratings.plot(Path(run_dir) / "ratings.png")
+    def on_checkpoint(self, t, payload: dict) -> None:
+        """ratings.csv at every checkpoint; ratings.png (slower) at the run's end."""
+        self.ratings.write_table(t.run_dir / "ratings.csv")
+        if t.done:
+            self.ratings.plot(t.run_dir / "ratings.png")
 
-    def close(self) -> None:
-        if hasattr(self, "match_vec"):
-            self.match_vec.close()
-
-    # checkpoints
     def state_dict(self) -> dict:
-        gens = {k: [g.get_state() for g in _generators(p)] for k, p in self._policies.items()}
-        return {"pool": self.pool.state_dict(), "ratings": self.ratings.state_dict(), "joint": self.joint.state_dict(), "generators": gens,
-                "retired": {k: dict(vars(m)) for k, m in self.retired.items()}}
+        return {"ratings": self.ratings.state_dict(), "rated_at": self.rated_at, "pending": copy.deepcopy(self.pending)}
 
     def load_state_dict(self, state: dict) -> None:
-        self.pool.load_state_dict(state["pool"])
         self.ratings.load_state_dict(state["ratings"])
-        self.joint.load_state_dict(state["joint"])
-        self.retired = {k: Member(**m) for k, m in state["retired"].items()}
-        self._policies = {}
-        for k, states in state["generators"].items():
-            for g, s in zip(_generators(self._opponent(k)), states):
-                g.set_state(s)
+        self.rated_at, self.pending = state["rated_at"], copy.deepcopy(state["pending"])
+
+
+MATCH_SEED_OFFSET = 2_000_003
+
+
+def fixed_opponent(source: str, spec: EnvSpec, slot: str, seed: int) -> Policy:
+    """A fixed opponent (random, a checkpoint, module:factory) for the opponents' slot, checked
+    against its spaces."""
+    from marl import agentmap
+
+    check(source == "random" or Path(source.partition("#")[0]).exists() or ":" in source,
+          f"pool opponent '{source}' is neither random, an existing checkpoint nor module:factory",
+          "give random, a checkpoint file or run directory, or module.path:factory")
+    try:
+        policy = agentmap.frozen_policy(source, spec, slot, torch.device("cpu"), seed)
+    except MarlError as err:
+        problem = err.problem.replace(f"--policies {slot}={source}: ", "")
+        raise MarlError(f"pool opponent '{source}': {problem}", err.fix) from None
+    return _fits(source, policy, spec)
+
+
+def self_play_policies(cfg: SelfPlayConfig, run_cfg, algo_cfg=None) -> tuple[list, SelfPlay]:
+    """The trainer's `policies` and the `SelfPlay` callback of a self-play run of `run_cfg.algo`
+    on `run_cfg.env` (which must be a two-player game); MarlError before anything is built."""
+    from marl import envs
+    from marl.algos import ALGOS
+
+    make_fn = envs.make_factory(run_cfg.env, **run_cfg.env_kwargs)
+    probe = VecEnv(make_fn, 1, seed=run_cfg.seed, workers=0)
+    spec = probe.spec
+    probe.close()
+    check_config(cfg, spec)
+    entry = ALGOS.get(run_cfg.algo)
+    algo_cfg = algo_cfg if algo_cfg is not None else entry.make_config()
+    learner_slot, pool_slot = spec.agents
+    sub = spec.subset([1])
+    fixed = {str(o): fixed_opponent(str(o), sub, pool_slot, run_cfg.seed + 7919 * (j + 1)) for j, o in enumerate(cfg.opponents)}
+
+    def pool_policy(slot_spec: EnvSpec) -> PoolPolicy:
+        # the initial snapshot: the learner as built from the run's seed (the trainer builds its
+        # learner right after seeding torch with it), without touching the run's generators
+        with torch.random.fork_rng():
+            torch.manual_seed(run_cfg.seed)
+            template = entry.learner(algo_cfg, slot_spec, torch.device("cpu"), run_cfg.seed).policy()
+        pool = OpponentPool(max_size=cfg.pool_size, sampling=cfg.sampling, seed=run_cfg.seed)
+        if cfg.fixed_in_pool:
+            for name in fixed:
+                pool.add_fixed(name, "fixed", source=name)
+        pool.add_snapshot({k: v.clone() for k, v in template.state_dict().items()}, 0)
+        return PoolPolicy(slot_spec, template, fixed if cfg.fixed_in_pool else {}, pool, run_cfg.seed)
+
+    callback = SelfPlay(cfg, learner_slot, pool_slot, eval_only={} if cfg.fixed_in_pool else fixed)
+    callback.ratings.add("snapshot@0", like=LEARNER)
+    return [(learner_slot, run_cfg.algo), (pool_slot, pool_policy)], callback
+
+
+def train_self_play(run_cfg, algo_cfg=None, cfg: SelfPlayConfig | None = None, set_fields=None) -> dict:
+    """`marl.train.train` of a self-play run (seats shuffled per episode): the Python API of
+    `marl train --self-play`."""
+    from dataclasses import replace
+
+    from marl.train import train
+
+    cfg = cfg or SelfPlayConfig(self_play=True)
+    policies, callback = self_play_policies(cfg, run_cfg, algo_cfg)
+    return train(replace(run_cfg, seats="shuffle"), algo_cfg, set_fields, callbacks=[callback], policies=policies)
