@@ -104,7 +104,7 @@ def frozen_policy(choice: Any, spec: EnvSpec, slot: str, device: torch.device, s
         return RandomPolicy(spec, device, seed)
     path, _, team = choice.partition("#")
     if Path(path).exists():
-        return checkpoint_policy(path, team or slot, spec).to(device)
+        return checkpoint_policy(path, team or slot, spec, exact=bool(team)).to(device)
     if ":" in choice:
         module, _, attr = choice.partition(":")
         try:
@@ -123,8 +123,9 @@ def frozen_policy(choice: Any, spec: EnvSpec, slot: str, device: torch.device, s
                     f"algorithms: {', '.join(ALGOS.names())}")
 
 
-def checkpoint_policy(path: str, slot: str, spec: EnvSpec) -> torch.nn.Module:
-    """The frozen policy of one slot of a saved run (a single-learner run: its learner)."""
+def checkpoint_policy(path: str, slot: str, spec: EnvSpec, exact: bool = False) -> torch.nn.Module:
+    """The frozen policy of the learner `slot` of a saved run (unless `exact`, a run's only
+    learner when it has no learner of that name; a single-learner run's is named '')."""
     from marl.algos import ALGOS
     from marl.checkpoint import resolve_checkpoint
     from marl.train import _load_model, _saved_algo_config
@@ -134,8 +135,9 @@ def checkpoint_policy(path: str, slot: str, spec: EnvSpec) -> torch.nn.Module:
     if saved is None:  # a run of one learner over every agent
         saved = {"": {"algo": ckpt["config"]["train"]["algo"], "algo_config": ckpt["config"]["algo"], "agents": None, "model": ckpt["model"]}}
     learners = {k: v for k, v in saved.items() if "model" in v}
-    entry = learners.get(slot) or (next(iter(learners.values())) if len(learners) == 1 else None)
-    check(entry is not None, f"checkpoint {file} has no policy '{slot}' (it has {', '.join(learners)})", f"pass {path}#NAME with one of them")
+    entry = learners.get(slot) or (next(iter(learners.values())) if len(learners) == 1 and not exact else None)
+    check(entry is not None, f"checkpoint {file} has no policy '{slot}' (its learners: {', '.join(map(repr, learners))})",
+          f"pass {path}#NAME with one of them")
     algo = ALGOS.get(entry["algo"])
     fits = entry["agents"] is None or len(entry["agents"]) == spec.n_agents
     try:

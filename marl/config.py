@@ -15,7 +15,7 @@ class TrainConfig:
     env_kwargs: dict = field(default_factory=dict)
     """Keyword arguments for the env factory, e.g. {'N': 3, 'max_cycles': 25}."""
     policies: str = ""
-    """Which policy controls which agents, as PATTERN=CHOICE entries, e.g. 'adversary=ippo agent=random'. PATTERN: a team (agent-name prefix before the last '_'), an agent name or a glob (adversary_*). CHOICE: an algorithm (a learner; --algo's hyperparameter flags apply to learners of --algo, others use their preset), random, a checkpoint file or run directory (#TEAM picks one policy of a run with several) or module.path:factory (factory(spec) returns a policy). Empty: --algo controls every agent."""
+    """Which policy controls which agents, as PATTERN=CHOICE entries, e.g. 'adversary=ippo agent=random'. PATTERN: a team (agent-name prefix before the last '_'), an agent name or a glob (adversary_*). CHOICE: an algorithm (a learner; --algo's hyperparameter flags apply to learners of --algo, others use their preset with --rollout-len), random, a checkpoint file or run directory (#TEAM picks one policy of a run with several) or module.path:factory (factory(spec) returns a policy). Empty: --algo controls every agent."""
     seats: Literal["fixed", "shuffle"] = "fixed"
     """With --policies: 'fixed' (each policy keeps its agents) or 'shuffle' (each env redraws which agents each policy controls when its episode ends: self-play from either seat; the agents' spaces must agree)."""
     steps: int = 200_000

@@ -6,6 +6,7 @@ of a run the trainer uses (devices, building, resume, run directories) and `eval
 from __future__ import annotations
 
 import dataclasses
+from functools import partial
 import random
 import re
 import sys
@@ -224,6 +225,24 @@ def _saved_algo_config(entry, saved: dict):
     return from_dict(entry.config, {**saved, **older})
 
 
+def _saved_policies(ckpt: dict, path, spec, shuffle: bool, device: torch.device, num_envs: int, seed: int):
+    """The joint policy a checkpoint of several policies acted with (greedy copies of its learners)."""
+    from marl.core.policies import PolicyMap
+
+    policies, agents = [], []
+    for slot in ckpt["slots"].values():
+        idx = [spec.agents.index(a) for a in slot["agents"]]
+        agents.append(idx)
+        if "model" not in slot:
+            policies.append(slot["policy"])
+            continue
+        entry = ALGOS.get(slot["algo"])
+        learner = entry.learner(_saved_algo_config(entry, slot["algo_config"]), spec.subset(idx), torch.device("cpu"), 0)
+        _load_model(learner, slot["model"], path)
+        policies.append(learner.policy())
+    return PolicyMap(policies, agents, spec, num_envs, shuffle, seed).to(device)
+
+
 def _load_model(learner: torch.nn.Module, state: dict, path) -> None:
     """Load a checkpoint's weights; networks that do not match are one line, not a traceback."""
     problem = f"checkpoint {path} does not fit the networks this marl builds from its config"
@@ -251,19 +270,31 @@ def evaluate(checkpoint: str, episodes: int = 32, video: str = "", device: str =
     cfg = from_dict(TrainConfig, saved["train"])
     check(seed is None or seed >= 0, f"seed must be >= 0, got {seed}", "pass --seed 0 or more")
     eval_seed = (cfg.seed if seed is None else seed) + EVAL_SEED_OFFSET
-    entry = ALGOS.get(cfg.algo)
-    algo_cfg = _saved_algo_config(entry, saved["algo"])
     dev = resolve_device(device)
-    make_fn, vec, learner = build(replace(cfg, workers=0), algo_cfg, dev)
-    vec.close()  # the training envs: built for the spec and the config's checks
-    _load_model(learner, ckpt["model"], path)
-    policy = learner.policy().to(dev)
-    vec = VecEnv(make_fn, _eval_envs(cfg, episodes), seed=eval_seed, workers=0, spec=vec.spec)
+    if "slots" in ckpt:  # a run of several policies
+        make_fn = envs.make_factory(cfg.env, **cfg.env_kwargs)
+        vec = VecEnv(make_fn, 1, seed=cfg.seed, workers=0)
+        vec.close()  # built for the spec
+        joint = partial(_saved_policies, ckpt, path, vec.spec, cfg.seats == "shuffle", dev)
+    else:
+        entry = ALGOS.get(cfg.algo)
+        make_fn, vec, learner = build(replace(cfg, workers=0), _saved_algo_config(entry, saved["algo"]), dev)
+        vec.close()  # the training envs: built for the spec and the config's checks
+        _load_model(learner, ckpt["model"], path)
+        frozen = learner.policy().to(dev)
+        joint = lambda num_envs, seed: frozen  # noqa: E731
+    spec = vec.spec
+    vec = VecEnv(make_fn, _eval_envs(cfg, episodes), seed=eval_seed, workers=0, spec=spec)
     try:
-        eps = run_episodes(vec, policy, episodes, dev, seed=eval_seed)
+        eps = run_episodes(vec, joint(vec.num_envs, eval_seed), episodes, dev, seed=eval_seed)
     finally:
         vec.close()
-    out = episode_metrics("eval", eps, vec.spec.agents)
+    out = episode_metrics("eval", eps, spec.agents)
+    if "slots" in ckpt:
+        from marl.trainer import slot_metrics
+
+        out.update(slot_metrics("eval", eps, list(ckpt["slots"]), spec.agents))
+    policy = joint(1, eval_seed)
     if video:
         from marl.video import record_video
 

@@ -13,8 +13,10 @@ learner updates from its own agents' rows only (`slot_batch`).
 
 Callbacks are objects with any of these methods (each gets the trainer first):
 `on_step_start(t)`, `on_collect(t, batch, episodes)`, `on_update(t, metrics)` (may add keys to
-the metrics dict; they are logged with the next row), `on_evaluate(t, step, episodes)` (a dict
-it returns is logged in the evaluation's row), `on_log(t, step, row)`, `on_checkpoint(t, payload)`;
+the metrics dict; they are logged when this step writes a row), `on_evaluate(t, step, episodes)`
+(a dict it returns is logged in the evaluation's row; with such a callback the trainer waits for
+each evaluation right after starting it, so the callback sees it at the same point of every
+run, resumed or not), `on_log(t, step, row)`, `on_checkpoint(t, payload)`;
 and `state_dict()` / `load_state_dict(state)`, kept in the checkpoint (`payload["callbacks"]`),
 so a resume restores them.
 """
@@ -77,7 +79,8 @@ class Trainer:
 
     `policies` (Python API) replaces `cfg.policies`: a list of (pattern, choice) where a choice
     may also be a policy object or a callable `f(spec) -> policy`; `algo_configs` maps a slot
-    name to its learner's config (else `algo_cfg` for learners of `cfg.algo`, the preset for others).
+    name to its learner's config (else `algo_cfg` for learners of `cfg.algo`, the preset with
+    `algo_cfg.rollout_len` for others: every learner learns from the same rollouts).
     """
 
     def __init__(self, cfg: TrainConfig, algo_cfg=None, set_fields=None, callbacks: Sequence[Any] = (),
@@ -135,10 +138,7 @@ class Trainer:
             for close in (self.vec.close, self.lock.release, *((self.logger.close,) if self.logger is not None else ())):
                 close()
             raise
-        rollout_lens = {c.rollout_len for _, c in self.slot_cfgs.values()}
-        check(len(rollout_lens) == 1, f"the learners collect rollouts of different lengths {sorted(rollout_lens)}",
-              "give every learner the same --rollout-len")
-        self.rollout_len = rollout_lens.pop()
+        self.rollout_len = next(iter(self.slot_cfgs.values()))[1].rollout_len
         self.per_update = self.rollout_len * cfg.num_envs
         # episodes finished since the last log row (a resumed run continues the checkpoint's)
         self.window: list[EpisodeStats] = list(ckpt.get("window", []))
@@ -166,7 +166,8 @@ class Trainer:
                 sub = spec.subset(slot.agents)
                 if agentmap.is_learner(slot.choice):
                     entry = ALGOS.get(slot.choice)
-                    algo_cfg = algo_configs.get(slot.name) or (self.algo_cfg if slot.choice == cfg.algo else entry.make_config())
+                    algo_cfg = algo_configs.get(slot.name) or (self.algo_cfg if slot.choice == cfg.algo else
+                                                                entry.make_config(rollout_len=self.algo_cfg.rollout_len))
                     kind_ok = algo_cfg.discrete if sub.discrete else algo_cfg.continuous
                     check(kind_ok, f"{slot.choice} cannot handle the {sub.action_kind} actions of env '{cfg.env}'",
                           f"pick an algorithm for {sub.action_kind} actions (marl train --help lists them)")
@@ -179,6 +180,9 @@ class Trainer:
                     policies.append(agentmap.frozen_policy(slot.choice, sub, slot.name, self.device, cfg.seed + 7919 * (k + 1)))
             check(bool(self.learners), f"--policies gives no agent to a learner ({cfg.policies})",
                   "name an algorithm for at least one team, e.g. adversary=ippo")
+            lens = {name: c.rollout_len for name, (_, c) in self.slot_cfgs.items()}
+            check(len(set(lens.values())) == 1, f"the learners collect rollouts of different lengths {lens}",
+                  "give every learner the same rollout_len")
             self.slot_agents = [s.agents for s in slots]
             self.pmap = PolicyMap(policies, self.slot_agents, spec, cfg.num_envs, cfg.seats == "shuffle", cfg.seed)
         except BaseException:
@@ -282,6 +286,8 @@ class Trainer:
         seed = self.cfg.seed + EVAL_SEED_OFFSET
         self.evals.start(self.step_count, self._eval_policy(seed=seed))
         self.last["eval"] = self.step_count
+        if any(hasattr(cb, "on_evaluate") for cb in self.callbacks):
+            self.log_evals()  # the callbacks see each evaluation at once: at the same point of every run, resumed or not
 
     def log(self, metrics: dict[str, float]) -> None:
         self.log_evals()

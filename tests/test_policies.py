@@ -180,3 +180,150 @@ def test_bad_policy_maps_are_one_line_exit_2_and_write_nothing(tmp_path, capsys)
         err = capsys.readouterr().err.strip().splitlines()
         assert info.value.code == 2 and len(err) == 1 and words in err[0], err
         assert not run_dir.exists()
+
+
+def test_evaluate_a_run_of_several_policies_reproduces_its_last_evaluation(tmp_path):
+    from marl.train import evaluate
+
+    cfg = TrainConfig(algo="ippo", env="mpe2/simple_push_v3", env_kwargs={"max_cycles": 8}, policies="adversary=ippo agent=mappo",
+                      steps=160, num_envs=4, workers=2, eval_interval=160, eval_episodes=6, wandb="disabled", progress=False,
+                      run_dir=str(tmp_path / "run"))
+    train(cfg, ALGOS.get("ippo").make_config(rollout_len=8, epochs=1))
+    last = [r for r in _metrics(tmp_path / "run") if "eval/return_mean" in r][-1]
+    again = evaluate(str(tmp_path / "run"), episodes=6, device="cpu", video=str(tmp_path / "ep.gif"))
+    assert again.pop("video") and {k: v for k, v in last.items() if k.startswith("eval/")} == again
+    assert "eval/adversary/return_mean" in again and "eval/agent/return_mean" in again
+
+
+COMPETITIVE = [
+    ("mpe2/simple_tag_v3", {"max_cycles": 8}, "adversary=ippo agent=random", "fixed", False),
+    ("mpe2/simple_adversary_v3", {"max_cycles": 8}, "adversary=ippo agent=mappo", "fixed", False),
+    ("mpe2/simple_push_v3", {"max_cycles": 8}, "adversary=ia2c agent=ippo", "fixed", False),
+    ("pettingzoo.classic/tictactoe_v3", {}, "player_1=ippo player_2=random", "shuffle", True),
+    ("pettingzoo.classic/connect_four_v3", {}, "player_0=ippo player_1=random", "shuffle", True),
+    ("pettingzoo.classic/leduc_holdem_v4", {}, "player_0=ippo player_1=random", "shuffle", True),
+    ("pettingzoo.classic/rps_v2", {}, "player_0=ippo player_1=random", "fixed", True),
+]
+
+
+@pytest.mark.parametrize("env,kw,policies,seats,zero_sum", COMPETITIVE, ids=[c[0].split("/")[1] for c in COMPETITIVE])
+def test_competitive_envs_run_end_to_end_with_per_team_results(tmp_path, env, kw, policies, seats, zero_sum):
+    cfg = TrainConfig(algo="ippo", env=env, env_kwargs=kw, policies=policies, seats=seats, steps=64, num_envs=4, workers=0,
+                      eval_interval=64, eval_episodes=16, wandb="disabled", progress=False, run_dir=str(tmp_path / "run"))
+    out = train(cfg, ALGOS.get("ippo").make_config(rollout_len=16, epochs=1))
+    names = [p.split("=")[0] for p in policies.split()]
+    assert all(f"eval/{n}/return_mean" in out for n in names), out
+    if zero_sum:  # both sides' results, which the summed team return (0) cannot give
+        for n in names:
+            assert out[f"eval/{n}/win_rate"] + out[f"eval/{n}/draw_rate"] + out[f"eval/{n}/loss_rate"] == pytest.approx(1.0)
+        assert out[f"eval/{names[0]}/win_rate"] == pytest.approx(out[f"eval/{names[1]}/loss_rate"])
+        assert out["eval/return_mean"] == pytest.approx(0.0, abs=1e-6)
+    else:
+        assert not any(k.endswith("win_rate") for k in out)
+
+
+@pytest.mark.slow
+def test_simple_tag_adversaries_then_prey_learn_against_frozen_opponents(tmp_path):
+    """Known answer, two phases on mpe2 simple_tag (3 adversaries, 1 prey, 25 steps):
+    1. IPPO adversaries trained against a frozen random prey catch it more often (collision steps
+       per episode = the adversaries' summed return / 30) than the untrained adversaries;
+    2. an IPPO prey trained against those adversaries, frozen from phase 1's checkpoint, is caught
+       less often than the random prey and keeps a higher return (the untrained greedy prey flees
+       off the map: rarely caught, but its boundary penalty makes its return the worst).
+    Run: python -m pytest tests/test_policies.py -m slow -k simple_tag  (~3 min on 2 quiet cores)."""
+    from marl.trainer import Trainer, slot_metrics
+
+    base = dict(algo="ippo", env="mpe2/simple_tag_v3", env_kwargs={"max_cycles": 25}, num_envs=8, workers=0, seed=1,
+                eval_interval=0, log_interval=10**9, wandb="disabled", progress=False)
+    ippo = ALGOS.get("ippo").make_config()
+
+    def match(trainer, overrides=None):
+        m = slot_metrics("e", trainer.play(overrides, episodes=200), trainer.slots, trainer.spec.agents)
+        return m["e/adversary/return_mean"] / 30, m["e/agent/return_mean"]
+
+    with Trainer(TrainConfig(policies="adversary=ippo agent=random", steps=60_000, run_dir=str(tmp_path / "adv"), **base), ippo) as t:
+        untrained, _ = match(t)
+        while not t.done:
+            t.step()
+        trained, _ = match(t)
+    assert trained > untrained + 0.15, (untrained, trained)
+    with Trainer(TrainConfig(policies=f"adversary={tmp_path / 'adv'}#adversary agent=ippo", steps=60_000,
+                             run_dir=str(tmp_path / "prey"), **base), ippo) as t:
+        random_caught, random_return = match(t, {"agent": RandomPolicy(t.spec.subset([3]), CPU, 0)})
+        _, untrained_return = match(t)
+        while not t.done:
+            t.step()
+        caught, prey_return = match(t)
+    assert caught < random_caught - 0.1 and prey_return > max(random_return, untrained_return) + 5, \
+        (random_caught, random_return, untrained_return, caught, prey_return)
+
+
+class EpisodeCounter:
+    """A callback with state: counts finished training episodes, logs the count with every
+    evaluation, and swaps the frozen opponent for a freshly seeded random one at every step."""
+
+    def __init__(self):
+        self.episodes, self.hooks = 0, set()
+
+    def on_step_start(self, trainer):
+        self.hooks.add("on_step_start")
+        if trainer.pmap is not None:
+            name = trainer.slots[1]
+            trainer.set_policy(name, RandomPolicy(trainer.spec.subset(trainer.slot_agents[1]), CPU, seed=trainer.updates))
+
+    def on_collect(self, trainer, batch, episodes):
+        self.episodes += len(episodes)
+        self.hooks.add("on_collect")
+
+    def on_update(self, trainer, metrics):
+        metrics["train/cb_episodes"] = float(self.episodes)
+
+    def on_evaluate(self, trainer, step, episodes):
+        return {"eval/cb_episodes": float(self.episodes)}
+
+    def on_checkpoint(self, trainer, payload):
+        self.hooks.add("on_checkpoint")
+
+    def state_dict(self):
+        return {"episodes": self.episodes}
+
+    def load_state_dict(self, state):
+        self.episodes = state["episodes"]
+
+
+@pytest.mark.parametrize("policies", ["", "player_1=ippo player_2=random"])
+def test_callbacks_hook_in_and_resume_exactly(tmp_path, policies):
+    base = dict(algo="ippo", env="pettingzoo.classic/tictactoe_v3", policies=policies, num_envs=4, workers=0, seed=3,
+                eval_interval=80, eval_episodes=4, checkpoint_interval=80, log_interval=40, wandb="disabled", progress=False)
+    ippo = ALGOS.get("ippo").make_config(rollout_len=10, epochs=1)
+    full = EpisodeCounter()
+    train(TrainConfig(run_dir=str(tmp_path / "full"), steps=200, **base), ippo, callbacks=[full])
+    train(TrainConfig(run_dir=str(tmp_path / "split"), steps=80, **base), ippo, callbacks=[EpisodeCounter()])
+    resumed = EpisodeCounter()
+    train(TrainConfig(run_dir=str(tmp_path / "split"), resume=True, steps=200), callbacks=[resumed])
+    rows = _metrics(tmp_path / "full")
+    assert rows == _metrics(tmp_path / "split") and resumed.episodes == full.episodes > 0
+    assert [r["eval/cb_episodes"] for r in rows if "eval/cb_episodes" in r][-1] == full.episodes
+    assert any("train/cb_episodes" in r for r in rows) and full.hooks == {"on_step_start", "on_collect", "on_checkpoint"}
+
+
+def first_legal(spec):
+    """A `module:factory` policy for --policies: the first available action of each agent."""
+    return Recorder(None)
+
+
+def test_frozen_choices_module_factory_and_a_checkpoint_of_another_run(tmp_path, capsys):
+    base = dict(algo="ippo", env="mpe2/simple_push_v3", env_kwargs={"max_cycles": 8}, steps=64, num_envs=4, workers=0,
+                eval_interval=64, eval_episodes=4, wandb="disabled", progress=False)
+    ippo = ALGOS.get("ippo").make_config(rollout_len=8, epochs=1)
+    train(TrainConfig(policies="adversary=ippo agent=test_policies:first_legal", run_dir=str(tmp_path / "one"), **base), ippo)
+    train(TrainConfig(policies=f"adversary={tmp_path / 'one'}#adversary agent=ippo", run_dir=str(tmp_path / "two"), **base), ippo)
+    trained = load_checkpoint(tmp_path / "one" / "checkpoints" / "latest.pt")["slots"]["adversary"]["model"]
+    frozen = load_checkpoint(tmp_path / "two" / "checkpoints" / "latest.pt")["slots"]["adversary"]["policy"].state_dict()
+    assert frozen and all(torch.equal(v, trained[k]) for k, v in frozen.items())
+    for text, words in ((f"adversary={tmp_path / 'one'}#nosuch agent=ippo", "has no policy 'nosuch'"),
+                        (f"adversary=ippo agent={tmp_path / 'one'}#adversary", "does not fit the agents"),
+                        ("adversary=ippo agent=nosuchmodule:f", "ModuleNotFoundError")):
+        with pytest.raises(MarlError) as info:
+            train(TrainConfig(policies=text, run_dir=str(tmp_path / "bad"), **base), ippo)
+        assert words in str(info.value) and not (tmp_path / "bad").exists()

@@ -61,7 +61,7 @@ class Evaluator:
 
     def start(self, step: int, policy: Any) -> None:
         """Evaluate `policy` (a frozen copy: a learner's `policy()`, moved to this device)."""
-        policy = policy.to(self.device) if isinstance(policy, torch.nn.Module) else policy
+        policy = policy.to(self.device) if hasattr(policy, "to") else policy
         self._done.append((step, evaluate(self.vec, policy, self.episodes, self.device, seed=self.seed)))
 
     def results(self) -> list[tuple[int, list[EpisodeStats]]]:

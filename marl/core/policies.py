@@ -65,6 +65,13 @@ class RandomPolicy:
     def initial_hidden(self, num_envs: int) -> None:
         return None
 
+    def to(self, device: torch.device | str) -> "RandomPolicy":
+        """Act on `device` from now on (its generator is reseeded there when it moves)."""
+        self.device, self.gen = torch.device(device), device_generator(self.gen, torch.device(device))
+        if not self.spec.discrete:
+            self.low, self.high = self.low.to(device), self.high.to(device)
+        return self
+
     def state_dict(self) -> dict:
         return {"gen": self.gen.get_state()}
 
@@ -212,7 +219,7 @@ class PolicyMap:
         self.seats, _ = state["seats"].clone(), self.gen.set_state(state["gen"])
 
     def to(self, device: torch.device) -> "PolicyMap":
-        self.policies = [p.to(device) if isinstance(p, torch.nn.Module) else p for p in self.policies]
+        self.policies = [p.to(device) if hasattr(p, "to") else p for p in self.policies]
         return self
 
 
