@@ -217,8 +217,6 @@ class SelfPlay:
         for name in cfg.opponents:
             self.ratings.add(str(name))
         self._config_saved = False
-        self.rated_at = -1  # env step of the last evaluation whose matches were played
-        self.pending: dict[int, dict] = {}  # their metrics, until the trainer logs that evaluation
 
     def _pool(self, t) -> PoolPolicy:
         return t.policy(self.pool_slot)
@@ -232,8 +230,6 @@ class SelfPlay:
         pp = self._pool(t)
         if pp.pool.wants_snapshot(t.step_count, self.cfg.snapshot_interval, self.cfg.snapshot_win_rate, self.cfg.snapshot_min_games):
             self._snapshot(t, pp)
-        if t.evals is not None and t.last["eval"] == t.step_count and self.rated_at != t.step_count:
-            self._matches(t, t.step_count)  # an evaluation started at this step: the learner as it evaluated
 
     def _snapshot(self, t, pp: PoolPolicy) -> None:
         state = {k: v.detach().cpu().clone() for k, v in t.learners[self.learner_slot].policy().state_dict().items()}
@@ -257,17 +253,12 @@ class SelfPlay:
             metrics["selfplay/score_since_snapshot"] = score / games
 
     def on_evaluate(self, t, step: int, episodes) -> dict[str, float]:
-        """The rated matches of the evaluation at `step` (played when it started, or now for the
-        run's last one): logged in its row."""
-        if self.rated_at != step:
-            self._matches(t, step)
-        return self.pending.pop(step, {})
-
-    def _matches(self, t, step: int) -> None:
-        """`match_games` greedy games of the learner per seat against every pool member and
-        evaluation-only opponent (the seats drawn per game, as in training); every game updates
-        the ratings. Keeps for the evaluation's row the learner's win/draw/loss rates against
-        each fixed opponent, its mean score against the pool, and every rating."""
+        """The rated matches of the evaluation at `step` (the trainer calls this as soon as it
+        started it, so the learner is the one evaluated): `match_games` greedy games of the
+        learner per seat against every pool member and evaluation-only opponent (the seats
+        drawn per game, as in training); every game updates the ratings. Returns, for the
+        evaluation's row, the learner's win/draw/loss rates against each fixed opponent, its
+        mean score against the pool, and every rating."""
         pp = self._pool(t)
         opponents = [(m.name, copy.deepcopy(pp.member(m.id))) for m in pp.pool.members]
         opponents += [(name, copy.deepcopy(policy)) for name, policy in self.eval_only.items()]
@@ -287,7 +278,7 @@ class SelfPlay:
                 out.update({f"eval/vs_{name}/{key}": float(c / counts.sum()) for key, c in zip(("win", "draw", "loss"), counts)})
         out["eval/score_vs_pool"] = float(np.mean(scores))
         out.update(self.ratings.record(step, [LEARNER, *(m.name for m in pp.pool.members), *self.eval_only]))
-        self.pending[step], self.rated_at = out, step
+        return out
 
     def on_checkpoint(self, t, payload: dict) -> None:
         """ratings.csv at every checkpoint; ratings.png (slower) at the run's end."""
@@ -296,11 +287,10 @@ class SelfPlay:
             self.ratings.plot(t.run_dir / "ratings.png")
 
     def state_dict(self) -> dict:
-        return {"ratings": self.ratings.state_dict(), "rated_at": self.rated_at, "pending": copy.deepcopy(self.pending)}
+        return {"ratings": self.ratings.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         self.ratings.load_state_dict(state["ratings"])
-        self.rated_at, self.pending = state["rated_at"], copy.deepcopy(state["pending"])
 
 
 MATCH_SEED_OFFSET = 2_000_003
