@@ -209,3 +209,14 @@ def test_connect_four_self_play_beats_random_90_percent_from_both_seats_within_1
     policy, spec = _trained_by_self_play(tmp_path, C4, 100_000, {}, opponents=["random"])
     for seat, (win, draw, loss) in enumerate(_against_random(policy, spec, C4)):
         assert win >= 180, f"seat {seat}: {win} wins, {draw} draws, {loss} losses"
+
+
+def test_a_self_play_checkpoint_joins_another_runs_pool_and_ratings(tmp_path):
+    first, second = tmp_path / "first", tmp_path / "second"
+    short = ["--steps", "512", "--eval-interval", "512", "--checkpoint-interval", "512"]
+    assert main([*RUN, *short, "--run-dir", str(first)]) == 0
+    assert main([*RUN, *short, "--opponents", f"random,{first}", "--run-dir", str(second)]) == 0
+    players = {r["player"] for r in csv.DictReader(open(second / "ratings.csv"))}
+    assert {"learner", "random", str(first)} <= players
+    last = rows(second)[-1]
+    assert 0 <= last[f"eval/vs_{first}/win"] <= 1
