@@ -169,12 +169,12 @@ def test_a_checkpoint_of_another_game_is_refused_as_opponent(tmp_path, capsys):
 
 
 # ----------------------------------------------------------------------------- known answers (slow)
-def _trained_by_self_play(tmp_path, env: str, steps: int, algo_kw: dict, **sp_kw):
+def _trained_by_self_play(tmp_path, env: str, steps: int, num_envs: int, algo_kw: dict, **sp_kw):
     """A learner trained only by self-play through the trainer (the pool's snapshots and, with
     sp_kw's opponents, fixed players), loaded back from its checkpoint as a frozen policy."""
     from marl.agentmap import checkpoint_policy
 
-    cfg = TrainConfig(algo="ippo", env=env, steps=steps, seed=0, eval_interval=0, log_interval=steps // 10,
+    cfg = TrainConfig(algo="ippo", env=env, steps=steps, seed=0, num_envs=num_envs, eval_interval=0, log_interval=steps // 10,
                       checkpoint_interval=steps, wandb="disabled", progress=False, run_dir=str(tmp_path / "run"))
     train_self_play(cfg, ALGOS.get("ippo").make_config(**algo_kw), SelfPlayConfig(self_play=True, **sp_kw))
     spec = VecEnv(envs.make_factory(env), 1, seed=0).spec
@@ -198,7 +198,8 @@ def _against_random(policy, spec, env: str, games: int = 200) -> list[tuple[int,
 @pytest.mark.slow
 def test_tictactoe_self_play_wins_or_draws_95_percent_against_random_from_both_seats(tmp_path):
     """python -m pytest tests/test_selfplay.py -m slow -k tictactoe"""
-    policy, spec = _trained_by_self_play(tmp_path, TTT, 200_000, {"ent_coef": 0.05}, opponents=["random"], snapshot_interval=5000)
+    policy, spec = _trained_by_self_play(tmp_path, TTT, 300_000, 32, {"ent_coef": 0.02}, sampling="uniform", opponents=["random"],
+                                         snapshot_interval=10_000)
     for seat, (win, draw, loss) in enumerate(_against_random(policy, spec, TTT)):
         assert win + draw >= 190, f"seat {seat}: {win} wins, {draw} draws, {loss} losses"
 
@@ -206,7 +207,7 @@ def test_tictactoe_self_play_wins_or_draws_95_percent_against_random_from_both_s
 @pytest.mark.slow
 def test_connect_four_self_play_beats_random_90_percent_from_both_seats_within_100k_moves(tmp_path):
     """python -m pytest tests/test_selfplay.py -m slow -k connect_four"""
-    policy, spec = _trained_by_self_play(tmp_path, C4, 100_000, {}, opponents=["random"])
+    policy, spec = _trained_by_self_play(tmp_path, C4, 100_000, 32, {}, opponents=["random"])
     for seat, (win, draw, loss) in enumerate(_against_random(policy, spec, C4)):
         assert win >= 180, f"seat {seat}: {win} wins, {draw} draws, {loss} losses"
 
