@@ -51,7 +51,7 @@ class SelfPlayConfig:
     fixed_in_pool: bool = True
     """Fixed opponents are also drawn as training opponents (else they are only evaluation opponents)."""
     match_games: int = 20
-    """Greedy games per seat against each opponent at every evaluation; each game updates the ratings."""
+    """Rated games against each opponent at every evaluation, times two (the learner greedy, its seat drawn per game); each game updates the ratings."""
 
 
 def check_config(cfg: SelfPlayConfig, spec: EnvSpec) -> None:
@@ -254,8 +254,8 @@ class SelfPlay:
 
     def on_evaluate(self, t, step: int, episodes) -> dict[str, float]:
         """The rated matches of the evaluation at `step` (the trainer calls this as soon as it
-        started it, so the learner is the one evaluated): `match_games` greedy games of the
-        learner per seat against every pool member and evaluation-only opponent (the seats
+        started it, so the learner is the one evaluated): 2 x `match_games` greedy games of
+        the learner against every pool member and evaluation-only opponent (the seats
         drawn per game, as in training); every game updates the ratings. Returns, for the
         evaluation's row, the learner's win/draw/loss rates against each fixed opponent, its
         mean score against the pool, and every rating."""
