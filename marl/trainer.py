@@ -99,6 +99,8 @@ class Trainer:
         check(cfg.eval_num_envs >= 0, f"eval_num_envs must be >= 0, got {cfg.eval_num_envs}", "pass --eval-num-envs 0 (one env per episode) or more")
         for name in ("num_envs", "eval_episodes"):
             check(getattr(cfg, name) >= 1, f"{name} must be at least 1, got {getattr(cfg, name)}", f"pass --{name.replace('_', '-')} 1 or more")
+        if policies is not None and all(isinstance(c, str) for _, c in policies):  # config.yaml records the map
+            cfg = replace(cfg, policies=" ".join(f"{p}={c}" for p, c in policies))
         device = resolve_device(cfg.device)
         if cfg.torch_threads > 0:
             torch.set_num_threads(cfg.torch_threads)

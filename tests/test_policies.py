@@ -1,10 +1,22 @@
-"""Policies apart from learners: a learner's `policy()` is a small frozen acting copy."""
+"""Policies apart from learners (a learner's `policy()` is a small frozen acting copy), several
+policies in one run (the agent -> policy map, each learner on its own rows), the trainer's
+callbacks, competitive envs end to end, and exact resume of all of it."""
+import json
+
+import pytest
 import torch
 
 from marl import envs
+from marl.agentmap import assign, parse
 from marl.algos import ALGOS
+from marl.checkpoint import load_checkpoint
+from marl.cli import main
+from marl.config import TrainConfig
+from marl.core.errors import MarlError
+from marl.core.policies import PolicyMap, RandomPolicy, slot_batch
 from marl.core.rollout import Collector, to_tensors
 from marl.core.vec import VecEnv
+from marl.train import train
 
 CPU = torch.device("cpu")
 
@@ -59,18 +71,6 @@ def test_exploring_policy_samples_like_the_learner():
 
 
 # ----------------------------------------------------------------------------- the agent -> policy map
-import json  # noqa: E402
-
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-
-from marl.agentmap import assign, parse  # noqa: E402
-from marl.checkpoint import load_checkpoint  # noqa: E402
-from marl.cli import main  # noqa: E402
-from marl.config import TrainConfig  # noqa: E402
-from marl.core.errors import MarlError  # noqa: E402
-from marl.core.policies import PolicyMap, RandomPolicy, slot_batch  # noqa: E402
-from marl.train import train  # noqa: E402
 
 TAG = ("adversary_0", "adversary_1", "adversary_2", "agent_0")
 
@@ -230,7 +230,7 @@ def test_simple_tag_adversaries_then_prey_learn_against_frozen_opponents(tmp_pat
     2. an IPPO prey trained against those adversaries, frozen from phase 1's checkpoint, is caught
        less often than the random prey and keeps a higher return (the untrained greedy prey flees
        off the map: rarely caught, but its boundary penalty makes its return the worst).
-    Run: python -m pytest tests/test_policies.py -m slow -k simple_tag  (~3 min on 2 quiet cores)."""
+    Run: python -m pytest tests/test_policies.py -m slow -k simple_tag -s  (11 min on 2 busy cores; prints the measures)."""
     from marl.trainer import Trainer, slot_metrics
 
     base = dict(algo="ippo", env="mpe2/simple_tag_v3", env_kwargs={"max_cycles": 25}, num_envs=8, workers=0, seed=1,
@@ -246,6 +246,7 @@ def test_simple_tag_adversaries_then_prey_learn_against_frozen_opponents(tmp_pat
         while not t.done:
             t.step()
         trained, _ = match(t)
+    print(f"phase 1: catches per episode of the random prey, untrained {untrained:.3f}, trained adversaries {trained:.3f}")
     assert trained > untrained + 0.15, (untrained, trained)
     with Trainer(TrainConfig(policies=f"adversary={tmp_path / 'adv'}#adversary agent=ippo", steps=60_000,
                              run_dir=str(tmp_path / "prey"), **base), ippo) as t:
@@ -254,6 +255,8 @@ def test_simple_tag_adversaries_then_prey_learn_against_frozen_opponents(tmp_pat
         while not t.done:
             t.step()
         caught, prey_return = match(t)
+    print(f"phase 2: catches / prey return: random prey {random_caught:.3f} / {random_return:.2f}, untrained prey return "
+          f"{untrained_return:.2f}, trained prey {caught:.3f} / {prey_return:.2f}")
     assert caught < random_caught - 0.1 and prey_return > max(random_return, untrained_return) + 5, \
         (random_caught, random_return, untrained_return, caught, prey_return)
 
