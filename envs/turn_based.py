@@ -10,6 +10,11 @@
 - terminations/truncations hold every live agent; an agent leaves `agents` on the move
   that ends it, and when the game ends every remaining agent is ended (`agents` is empty);
 - done agents that AEC still expects a `step(None)` for are stepped internally.
+
+Moves go through the env's wrappers (their checks stay); the per-move reads (agent to move,
+rewards, flags, infos) come from the innermost env below wrappers that keep none of these
+themselves (PettingZoo's own forward them): the same objects without a walk through each
+wrapper's `__getattr__` (a third of the adapter's time on connect four).
 """
 from __future__ import annotations
 
@@ -19,9 +24,21 @@ from gymnasium import spaces
 from pettingzoo import AECEnv, ParallelEnv
 
 
+_READ = frozenset({"agents", "agent_selection", "rewards", "terminations", "truncations", "infos"})
+
+
+def _reads_from(env: AECEnv) -> AECEnv:
+    """The innermost env whose `_READ` fields are `env`'s: past every wrapper that keeps none
+    of them itself (one that does, e.g. a reward transform, is read from)."""
+    while hasattr(env, "env") and not (_READ & set(vars(env))):
+        env = env.env
+    return env
+
+
 class TurnBasedParallel(ParallelEnv):
     def __init__(self, aec_env: AECEnv):
         self.aec = aec_env
+        self.raw = aec_env  # set again after each reset: a wrapper may keep its own fields from then on
         self.possible_agents = list(aec_env.possible_agents)
         self.agents: list[str] = []
         self.metadata = dict(getattr(aec_env, "metadata", {}))
@@ -38,34 +55,35 @@ class TurnBasedParallel(ParallelEnv):
 
     def _skip_done(self) -> None:
         """Step None for done agents AEC selects until a live agent is to move (or none is left)."""
-        aec = self.aec
-        while aec.agents and (aec.terminations[aec.agent_selection] or aec.truncations[aec.agent_selection]):
-            aec.step(None)
+        raw = self.raw
+        while raw.agents and (raw.terminations[raw.agent_selection] or raw.truncations[raw.agent_selection]):
+            self.aec.step(None)
 
     def _next_obs(self) -> dict[str, Any]:
-        actor = self.aec.agent_selection
+        actor = self.raw.agent_selection
         return {actor: self.aec.observe(actor)} if self.agents else {}
 
     def reset(self, seed: int | None = None, options: dict | None = None):
         self.aec.reset(seed=seed, options=options)
+        self.raw = _reads_from(self.aec)
         self._skip_done()
-        aec = self.aec
-        self.agents = [a for a in aec.agents if not (aec.terminations[a] or aec.truncations[a])]
-        return self._next_obs(), {a: dict(aec.infos[a]) for a in self.agents}
+        raw = self.raw
+        self.agents = [a for a in raw.agents if not (raw.terminations[a] or raw.truncations[a])]
+        return self._next_obs(), {a: dict(raw.infos[a]) for a in self.agents}
 
     def step(self, actions: dict):
-        aec, before = self.aec, self.agents
-        actor = aec.agent_selection
+        aec, raw, before = self.aec, self.raw, self.agents
+        actor = raw.agent_selection
         if actor not in actions:
             raise KeyError(f"turn-based env: '{actor}' is to move but actions has only {sorted(actions)}")
         aec.step(actions[actor])
-        rewards = {a: float(aec.rewards.get(a, 0.0)) for a in before}
-        terms = {a: bool(aec.terminations.get(a, False)) for a in before}
-        truncs = {a: bool(aec.truncations.get(a, False)) for a in before}
-        infos = {a: dict(aec.infos.get(a, {})) for a in before}
-        final = {a: aec.observe(a) for a in before if a in aec.agents and (terms[a] or truncs[a])}
+        rewards = {a: float(raw.rewards.get(a, 0.0)) for a in before}
+        terms = {a: bool(raw.terminations.get(a, False)) for a in before}
+        truncs = {a: bool(raw.truncations.get(a, False)) for a in before}
+        infos = {a: dict(raw.infos.get(a, {})) for a in before}
+        final = {a: aec.observe(a) for a in before if a in raw.agents and (terms[a] or truncs[a])}
         self._skip_done()
-        self.agents = [a for a in aec.agents if not (aec.terminations[a] or aec.truncations[a])]
+        self.agents = [a for a in raw.agents if not (raw.terminations[a] or raw.truncations[a])]
         for a in before:  # an agent that left without a flag (e.g. the game is over) ends now
             if a not in self.agents and not (terms[a] or truncs[a]):
                 terms[a] = True

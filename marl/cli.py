@@ -23,7 +23,7 @@ from marl.config import TrainConfig
 from marl.configio import coerce, field_docs, field_types, from_dict, load_yaml, parse_value, positive, to_plain
 from marl.core.errors import DEBUG_ENV, MarlError
 
-_RUN, _ALGO = "run.", "algo."
+_RUN, _ALGO, _SELF_PLAY = "run.", "algo.", "self_play."
 _training: Path | None = None  # the run directory of the `marl train` in progress
 
 
@@ -123,6 +123,10 @@ def _add_train(sub, rest: list[str] | None) -> None:
                                                     "(with --resume the run's own config.yaml is the base; see --resume)")
     run_group = p.add_argument_group("run options (TrainConfig)")
     run_flags = _add_fields(run_group, TrainConfig, TrainConfig(), _RUN, set())
+    from marl.population.selfplay import SelfPlayConfig
+
+    sp_group = p.add_argument_group("self-play options (SelfPlayConfig; two-player games)")
+    run_flags |= _add_fields(sp_group, SelfPlayConfig, SelfPlayConfig(), _SELF_PLAY, run_flags)
     if entry is not None:
         try:
             defaults = entry.make_config()
@@ -132,7 +136,9 @@ def _add_train(sub, rest: list[str] | None) -> None:
         _add_fields(group, entry.config, defaults, _ALGO, run_flags | {"--config", "--help"})
     else:
         p.add_argument_group(f"{algo} hyperparameters", f"'{algo}' is not registered; pass --algo NAME --help")
-    p.set_defaults(func=_cmd_train, _entry=entry, _base_run=base_run, _base_algo=base_algo, _from_config=bool(known.config))
+    base_self_play = dict((load_yaml(config_file) or {}).get("self_play") or {}) if config_file else {}
+    p.set_defaults(func=_cmd_train, _entry=entry, _base_run=base_run, _base_algo=base_algo, _from_config=bool(known.config),
+                   _base_self_play=base_self_play)
 
 
 def load_run_config(path: str) -> tuple[dict, dict]:
@@ -236,12 +242,41 @@ def _cmd_train(ns: argparse.Namespace) -> int:
     positive("steps", cfg.steps)
     from marl.train import run_dir_for, train
 
+    self_play = _self_play_config(ns, cfg)
     _training = run_dir_for(cfg)
     # on --resume, what the resuming call sets: the flags, and a --config file's values
     set_fields = {k[len(_RUN):] for k in given if k.startswith(_RUN)} | (set(ns._base_run) if ns._from_config else set())
-    result = train(cfg, algo_cfg, set_fields=set_fields)
+    if self_play.self_play:
+        from marl.population.selfplay import train_self_play
+
+        result = train_self_play(cfg, algo_cfg, self_play, set_fields=set_fields)
+    else:
+        result = train(cfg, algo_cfg, set_fields=set_fields)
     _print_result(result)
     return 0
+
+
+def _self_play_config(ns: argparse.Namespace, cfg: TrainConfig):
+    """The self-play settings: a resumed run's own (its config.yaml) are the base; a flag that
+    changes them is refused unless --allow-config-change."""
+    from marl.population.selfplay import SelfPlayConfig
+
+    types = field_types(SelfPlayConfig)
+    given = {k[len(_SELF_PLAY):]: parse_value(types[k[len(_SELF_PLAY):]], v, k[len(_SELF_PLAY):])
+             for k, v in vars(ns).items() if k.startswith(_SELF_PLAY)}
+    base = {k: coerce(types[k], v, k) for k, v in ns._base_self_play.items() if k in types}
+    if cfg.resume and not cfg.allow_config_change:
+        for k, v in given.items():
+            old = base.get(k, getattr(SelfPlayConfig(), k))
+            if to_plain(v) != to_plain(old):
+                raise MarlError(f"--resume: --{k.replace('_', '-')} {_plain(v)} differs from the run's {_plain(old)}, which changes what "
+                                "the run learns", "drop the flag, or pass --allow-config-change")
+    return from_dict(SelfPlayConfig, {**base, **given})
+
+
+def _plain(value) -> str:
+    value = to_plain(value)
+    return ",".join(map(str, value)) if isinstance(value, list) else str(value)
 
 
 # ----------------------------------------------------------------------------- evaluate

@@ -20,7 +20,8 @@ MARKER = ".marl-run"
 LOCK = ".marl-lock"
 # everything marl writes into a run directory (the trainer, the logger, W&B, the resume log)
 MARL_ENTRIES = frozenset({MARKER, LOCK, "config.yaml", "config_changes.yaml", "metrics.jsonl", "checkpoints",
-                          "wandb", ".wandb_id"})
+                          "wandb", ".wandb_id",
+                          "ratings.csv", "ratings.png"})
 
 
 def is_run(path: Path) -> bool:

@@ -1,0 +1,4 @@
+"""Populations of policies: self-play against an opponent pool, ratings, exploitability.
+
+Layering: `marl.population` imports `marl.train` and hooks into the trainer through its
+callbacks; `marl.train` never imports it."""

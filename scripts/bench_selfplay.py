@@ -1,0 +1,91 @@
+#!/usr/bin/env python
+"""Benchmark: training moves per second of self-play on connect four, against the raw rate.
+
+In one process, one after the other and again in reverse order (this machine's speed drifts):
+  raw    PettingZoo's own `connect_four_v3.env()` AEC loop, uniformly random legal moves,
+         moves per second;
+  train  `marl train --algo ippo --env pettingzoo.classic/connect_four_v3 --self-play` (the
+         default network and settings, a pool of snapshots and the random player, no
+         evaluations), moves per second of training (`perf/steps_per_s`: collection with the
+         pool's opponents and the learner's updates, as the trainer logs it) and of wall time.
+Reports both rates and their ratio (target: training at least 50 % of the raw rate).
+
+  python scripts/bench_selfplay.py [--steps 50000] [--raw-seconds 10] [--workers 2] [--out bench-results/selfplay]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+C4 = "pettingzoo.classic/connect_four_v3"
+
+
+def raw_rate(seconds: float, seed: int = 0) -> float:
+    """Moves per second of connect_four_v3's AEC env with uniformly random legal moves."""
+    from pettingzoo.classic import connect_four_v3
+
+    env = connect_four_v3.env()
+    rng = np.random.default_rng(seed)
+    moves, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        env.reset(seed=int(rng.integers(2**31)))
+        for agent in env.agent_iter():
+            obs, _, term, trunc, _ = env.last()
+            if term or trunc:
+                env.step(None)
+                continue
+            env.step(int(rng.choice(np.flatnonzero(obs["action_mask"]))))
+            moves += 1
+    return moves / (time.perf_counter() - start)
+
+
+def train_rate(steps: int, workers: int, run_dir: Path) -> dict:
+    from marl.config import TrainConfig
+    from marl.population.selfplay import SelfPlayConfig, train_self_play
+
+    shutil.rmtree(run_dir, ignore_errors=True)
+    cfg = TrainConfig(algo="ippo", env=C4, steps=steps, workers=workers, device="cpu", run_dir=str(run_dir), eval_interval=0,
+                      log_interval=steps, checkpoint_interval=steps, wandb="disabled", progress=False)
+    start = time.perf_counter()
+    train_self_play(cfg, cfg=SelfPlayConfig(self_play=True, opponents=["random"]))
+    wall = time.perf_counter() - start
+    last = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()][-1]
+    return {"train_moves_per_s": last["perf/steps_per_s"], "wall_moves_per_s": steps / wall}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--steps", type=int, default=50_000, help="training moves per timed run")
+    p.add_argument("--raw-seconds", type=float, default=10.0, help="seconds of each raw measurement")
+    p.add_argument("--workers", type=int, default=2, help="--workers of the training run")
+    p.add_argument("--out", default="bench-results/selfplay", help="run directories go here")
+    a = p.parse_args()
+    out = Path(a.out)
+    raws, trains = [], []
+    for order in ("raw-train", "train-raw"):
+        for what in order.split("-"):
+            if what == "raw":
+                raws.append(raw_rate(a.raw_seconds))
+            else:
+                trains.append(train_rate(a.steps, a.workers, out / f"run{len(trains)}"))
+    raw = float(np.mean(raws))
+    rates = [t["train_moves_per_s"] for t in trains]
+    train = float(np.mean(rates))
+    wall = float(np.mean([t["wall_moves_per_s"] for t in trains]))
+    print(f"raw connect_four_v3 AEC, random moves: {raw:,.0f} moves/s ({', '.join(f'{r:,.0f}' for r in raws)})")
+    print(f"self-play training (ippo, pool, workers={a.workers}): {train:,.0f} moves/s "
+          f"({', '.join(f'{r:,.0f}' for r in rates)}); wall {wall:,.0f} moves/s")
+    print(f"training / raw: {train / raw:.2f} (target >= 0.50); wall / raw: {wall / raw:.2f}")
+
+
+if __name__ == "__main__":
+    main()
