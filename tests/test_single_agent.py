@@ -172,3 +172,21 @@ def test_ppo_balances_cartpole(tmp_path, seed):
     """Greedy return >= 475 within 100k env steps (zoo: 500 at 1e5).
     Command: python -m pytest tests/test_single_agent.py -m slow -k ppo_balances"""
     assert _greedy_return(tmp_path, "ppo", "gym/CartPole-v1", {}, 100_000, seed=seed, num_envs=8, **PPO_CARTPOLE) >= 475
+
+
+def test_dqn_dueling_head_splits_value_and_advantages():
+    """--dueling: the network's first output is V(s), the others the advantages; Q = V + A - mean(A),
+    so the mean of Q over actions is V."""
+    from marl.algos.qlearning import Dueling
+
+    vec = VecEnv(envs.make_factory("gym/CartPole-v1"), 1, workers=0)
+    spec = vec.spec
+    vec.close()
+    learner = _seeded(ALGOS.get("dqn").learner, ALGOS.get("dqn").make_config(dueling=True), spec)
+    assert isinstance(learner.net, Dueling)
+    obs = torch.randn(5, 1, 4)
+    raw, _ = learner.net.net(obs)
+    q, _ = learner.net(obs)
+    assert raw.shape[-1] == 3 and q.shape[-1] == 2
+    assert torch.allclose(q.mean(-1), raw[..., 0], atol=1e-6)
+    assert torch.allclose(q[..., 1] - q[..., 0], raw[..., 2] - raw[..., 1], atol=1e-6)
