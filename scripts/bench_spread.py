@@ -14,8 +14,14 @@ result; the second run of ours only times): this machine's speed drifts by more 
 the effects measured, and the mean of two runs on either side of the peer cancels a drift
 that is linear in time. The ratio to the peer uses that mean wall time.
 
+With --continuous, our runs use simple_spread's continuous actions (`continuous_actions=True`;
+EPyMARL has no peer for it) and the score is against a uniformly random policy's return on
+the same protocol, measured here over --final-episodes episodes.
+
   python scripts/bench_spread.py --algos mappo,ippo --seeds 1,2,3 [--peer mappo,ippo] [--out bench-results]
       [--extra "FLAGS for every run"] [--algo-extra "mappo=FLAGS for MAPPO's runs only"]
+  python scripts/bench_spread.py --algos maddpg --peer maddpg --seeds 1,2,3 --algo-extra "maddpg=--reward sum"
+  python scripts/bench_spread.py --algos maddpg,matd3,masac --continuous --seeds 1,2,3 --extra "--reward sum"
 """
 from __future__ import annotations
 
@@ -40,6 +46,24 @@ def raw_env_rate(duration: float) -> float:
     return float(line.split()[2].replace(",", ""))
 
 
+def random_return(env_kwargs: dict, episodes: int) -> float:
+    """Mean team return of uniformly random actions on simple_spread (25 steps) with `env_kwargs`."""
+    sys.path.insert(0, str(ROOT))
+    import torch
+
+    from marl import envs
+    from marl.core.policies import RandomPolicy
+    from marl.core.rollout import evaluate as run_episodes
+    from marl.core.vec import VecEnv
+
+    vec = VecEnv(envs.make_factory("mpe2/simple_spread_v3", **env_kwargs), min(episodes, 100), seed=12345)
+    try:
+        eps = run_episodes(vec, RandomPolicy(vec.spec), episodes, torch.device("cpu"), seed=12345)
+    finally:
+        vec.close()
+    return sum(e.team_return for e in eps) / len(eps)
+
+
 def evaluate(run_dir: Path, episodes: int) -> float:
     """Greedy team return of a run's final checkpoint over `episodes` episodes."""
     cmd = [sys.executable, "-m", "marl.cli", "evaluate", "--checkpoint", str(run_dir), "--episodes", str(episodes), "--device", "cpu"]
@@ -47,7 +71,8 @@ def evaluate(run_dir: Path, episodes: int) -> float:
     return float(next(line for line in out.splitlines() if line.startswith("eval/return_mean:")).split()[1])
 
 
-def ours(algo: str, seed: int, steps: int, out: Path, extra: list[str], final_episodes: int, tag: str = "") -> dict:
+def ours(algo: str, seed: int, steps: int, out: Path, extra: list[str], final_episodes: int, tag: str = "",
+         random: float = RANDOM_RETURN_25) -> dict:
     run_dir = out / f"marl_{algo}_seed{seed}{tag}"
     cmd = [sys.executable, "-m", "marl.cli", "train", "--algo", algo, "--env", "mpe2/simple_spread_v3", "--steps", str(steps),
            "--seed", str(seed), "--run-dir", str(run_dir), "--overwrite", "--wandb", "disabled", "--progress", "false", *extra]
@@ -60,8 +85,8 @@ def ours(algo: str, seed: int, steps: int, out: Path, extra: list[str], final_ep
     loop = [r["perf/steps_per_s"] for r in rows if "perf/steps_per_s" in r][-1]  # collection + updates only
     precise = evaluate(run_dir, final_episodes) if final_episodes else None
     return {"who": "marl", "algo": algo, "seed": seed, "wall_s": wall, "steps_per_s": steps / wall, "loop_steps_per_s": loop, "eval_return": final,
-            "score": 1 - final / RANDOM_RETURN_25, "final_episodes": final_episodes, "final_return": precise,
-            "final_score": None if precise is None else 1 - precise / RANDOM_RETURN_25, "curve": curve, "command": " ".join(cmd[1:]),
+            "score": 1 - final / random, "final_episodes": final_episodes, "final_return": precise,
+            "final_score": None if precise is None else 1 - precise / random, "curve": curve, "command": " ".join(cmd[1:]),
             "timing_repeat": bool(tag)}
 
 
@@ -84,6 +109,7 @@ def main() -> None:
     ap.add_argument("--extra", default="", help="extra flags for marl train, e.g. '--num-envs 16'")
     ap.add_argument("--algo-extra", action="append", default=[], metavar="ALGO=FLAGS",
                     help="extra flags for one algorithm's runs only (repeatable), e.g. 'mappo=--lr-anneal-steps 200000'")
+    ap.add_argument("--continuous", action="store_true", help="continuous actions (continuous_actions=True), scored against a random policy's return")
     ap.add_argument("--final-episodes", type=int, default=1000, help="greedy episodes to re-evaluate each final policy on, untimed (0: skip)")
     args = ap.parse_args()
     out = Path(args.out).resolve()
@@ -94,6 +120,11 @@ def main() -> None:
     peers, algos = [a for a in args.peer.split(",") if a], args.algos.split(",")
     own = dict(item.split("=", 1) for item in args.algo_extra)
     extra = {algo: [*args.extra.split(), *own.get(algo, "").split()] for algo in algos}
+    random = RANDOM_RETURN_25
+    if args.continuous:
+        extra = {algo: [*flags, "--env-kwargs", "continuous_actions=True"] for algo, flags in extra.items()}
+        random = results["random_return"] = random_return({"continuous_actions": True}, max(args.final_episodes, 100))
+        print(f"random policy, continuous actions: {random:.2f} (25 steps)", flush=True)
 
     def run_peer(algo: str, seed: int) -> dict:
         p = peer(algo, seed, args.steps, out)
@@ -106,7 +137,7 @@ def main() -> None:
             run_peer(algo, seed)
     for algo in algos:
         for seed in seeds:
-            r = ours(algo, seed, args.steps, out, extra[algo], args.final_episodes)
+            r = ours(algo, seed, args.steps, out, extra[algo], args.final_episodes, random=random)
             results["runs"].append(r)
             precise = f"; {r['final_episodes']} episodes {r['final_return']:.2f}, score {r['final_score']:.3f}" if r["final_return"] is not None else ""
             print(f"marl {algo} seed {seed}: wall {r['wall_s']:.0f}s, {r['steps_per_s']:.0f} steps/s "
@@ -114,7 +145,7 @@ def main() -> None:
             if algo not in peers:
                 continue
             p = run_peer(algo, seed)
-            again = ours(algo, seed, args.steps, out, extra[algo], 0, tag="_again")
+            again = ours(algo, seed, args.steps, out, extra[algo], 0, tag="_again", random=random)
             results["runs"].append(again)
             mean_wall = (r["wall_s"] + again["wall_s"]) / 2
             print(f"marl {algo} seed {seed} again: wall {again['wall_s']:.0f}s (training loop {again['loop_steps_per_s']:.0f}), "
@@ -123,7 +154,7 @@ def main() -> None:
         for key, label in (("eval_return", "eval"), ("final_return", f"{args.final_episodes}-episode")):
             if len(mine) > 1 and all(r[key] is not None for r in mine):
                 mean = sum(r[key] for r in mine) / len(mine)
-                print(f"marl {algo} mean of {len(mine)} seeds ({label}): {mean:.2f}, score {1 - mean / RANDOM_RETURN_25:.3f}", flush=True)
+                print(f"marl {algo} mean of {len(mine)} seeds ({label}): {mean:.2f}, score {1 - mean / random:.3f}", flush=True)
     results["raw_env_steps_per_s_after"] = raw_env_rate(5.0)
     print(f"raw env rate after: {results['raw_env_steps_per_s_after']:,.0f} steps/s")
     (out / "bench_spread.json").write_text(json.dumps(results, indent=2))

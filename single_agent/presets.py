@@ -2,15 +2,17 @@
 
 Every preset states one agent (`sharing` none, no agent id, a local critic) and takes the
 other values from the library people compare with: Stable-Baselines3's defaults
-(stable_baselines3/{ppo,a2c,dqn}/*.py, v2.x), mapped onto our fields where they differ in
+(stable_baselines3/{ppo,a2c,dqn,ddpg,td3,sac}/*.py, v2.x), mapped onto our fields where they differ in
 kind. Per-env tunings (rl-baselines3-zoo, hyperparams/*.yml) are flags on top; README.md
 gives them for CartPole-v1.
 """
 from __future__ import annotations
 
+from marl.algos.ddpg import DDPGConfig, DDPGLearner
 from marl.algos.onpolicy import OnPolicyConfig, OnPolicyLearner
 from marl.algos.qlearning import QConfig, QLearner
 from marl.algos.registry import ALGOS, AlgoEntry
+from marl.algos.sac import SACConfig, SACLearner
 
 ONE_AGENT = {"sharing": "none", "agent_id": False}
 """One agent: nothing to share, no id to append."""
@@ -47,6 +49,26 @@ target network copied every 10k env steps (= 2500 of SB3's gradient steps, one p
 On the episode replay of marl.algos.qlearning, so batch_size and buffer_size count episodes and
 the replay ratio is that learner's (one gradient step per 50 env steps)."""
 
+OFF_POLICY = {**ONE_AGENT, "critic": "local", "updates_per_step": 1.0, "batch_size": 256, "buffer_size": 1_000_000,
+              "learning_starts": 100, "random_steps": 100, "tau": 0.005, "gamma": 0.99}
+"""SB3's off-policy defaults (DDPG, TD3, SAC): one gradient step per env step (train_freq 1,
+gradient_steps 1), batch 256, replay 1e6, the first 100 steps uniformly random
+(learning_starts 100), tau 0.005, gamma 0.99; critics of the agent's own observation and action."""
+
+DDPG = {**OFF_POLICY, "actor_lr": 1e-3, "critic_lr": 1e-3, "hidden": (400, 300), "twin_critics": False, "target_noise": 0.0,
+        "policy_delay": 1, "noise": "gaussian", "noise_std": 0.1, "actor_reg": 0.0}
+"""SB3 DDPG defaults: lr 1e-3, 400-300 ReLU networks, one critic. SB3 adds no action noise unless
+given one; we keep Gaussian noise of std 0.1 (the zoo's choice, e.g. Pendulum-v1), and drop
+MADDPG's logit regulariser (SB3 has none)."""
+
+TD3 = {**DDPG, "twin_critics": True, "target_noise": 0.2, "target_noise_clip": 0.5, "policy_delay": 2}
+"""SB3 TD3 defaults: DDPG's, plus twin critics, target policy noise 0.2 (clip 0.5) and policy_delay 2."""
+
+SAC = {**OFF_POLICY, "actor_lr": 3e-4, "critic_lr": 3e-4, "alpha_lr": 3e-4, "hidden": (256, 256), "twin_critics": True,
+       "alpha": 1.0, "autotune_alpha": True}
+"""SB3 SAC defaults: lr 3e-4 (actor, critics, temperature), 256-256 networks, twin critics, the
+temperature learned from 1.0 (ent_coef 'auto') towards the target entropy -dim(A)."""
+
 SINGLE_AGENT = {
     "ppo": (AlgoEntry(OnPolicyConfig, OnPolicyLearner, PPO, "PPO, one agent (Schulman et al. 2017; SB3 defaults)", multi_agent="ippo")),
     "a2c": (AlgoEntry(OnPolicyConfig, OnPolicyLearner, A2C, "advantage actor-critic, one agent (Mnih et al. 2016; SB3 defaults)",
@@ -55,6 +77,12 @@ SINGLE_AGENT = {
                             "Monte-Carlo policy gradient with a value baseline, one agent (Williams 1992)", multi_agent="ia2c")),
     "dqn": (AlgoEntry(QConfig, QLearner, DQN, "deep Q-network, one agent; --double-q, --dueling (Mnih et al. 2015; SB3 defaults)",
                       multi_agent="idqn")),
+    "ddpg": AlgoEntry(DDPGConfig, DDPGLearner, DDPG, "deep deterministic policy gradient, one agent (Lillicrap et al. 2016; SB3 defaults)",
+                      multi_agent="maddpg"),
+    "td3": AlgoEntry(DDPGConfig, DDPGLearner, TD3, "twin delayed DDPG, one agent (Fujimoto et al. 2018; SB3 defaults)",
+                     multi_agent="matd3"),
+    "sac": AlgoEntry(SACConfig, SACLearner, SAC, "soft actor-critic, one agent (Haarnoja et al. 2018; SB3 defaults)",
+                     multi_agent="isac"),
 }
 """Single-agent name -> registry entry (a preset of a multi-agent learner)."""
 

@@ -12,7 +12,9 @@ from marl.nets.dists import (
     gaussian_entropy,
     gaussian_logp,
     gaussian_sample,
+    gumbel_softmax,
     mask_logits,
+    tanh_gaussian_sample,
 )
 from marl.nets.layers import GroupGRUCell, GroupLayerNorm, GroupLinear, grouped_linear
 from marl.nets.models import MLP, AgentNet, SetNet, unroll, with_agent_id

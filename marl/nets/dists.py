@@ -5,6 +5,8 @@ Categorical: logits [..., A]; masks `avail` [..., A] bool (True = available). Ma
 set to MASK_VALUE, a large finite negative, so softmax gives them probability exactly 0 and no
 NaN appears even when a whole row is masked (that row becomes uniform).
 Gaussian: mean [..., A], log_std broadcastable to it; log-probs and entropies are summed over A.
+Relaxed and squashed forms for off-policy actor-critics: the straight-through Gumbel-softmax
+(discrete MADDPG) and the tanh-squashed Gaussian with its log-prob correction (SAC).
 """
 from __future__ import annotations
 
@@ -91,7 +93,37 @@ def gaussian_entropy(log_std: torch.Tensor) -> torch.Tensor:
     return (0.5 + _HALF_LOG_2PI + log_std).sum(dim=-1)
 
 
+def gumbel_softmax(logits: torch.Tensor, temperature: float, generator: torch.Generator | None = None,
+                   hard: bool = True) -> torch.Tensor:
+    """A relaxed one-hot sample [..., A] (Jang et al. 2017; Maddison et al. 2017):
+    y = softmax((logits + g) / temperature), g ~ Gumbel(0, 1). With `hard` (straight through)
+    the forward value is the one-hot of argmax(logits + g), a true sample of softmax(logits),
+    and the gradient is that of the soft y: y_hard - y.detach() + y. As temperature -> 0 the
+    soft y tends to that one-hot; as it grows y tends to uniform. Masked logits (MASK_VALUE)
+    get no noise and probability 0."""
+    u = torch.rand(logits.shape, generator=generator, dtype=logits.dtype, device=logits.device)
+    gumbel = -torch.log(-torch.log(u.clamp_(min=torch.finfo(logits.dtype).tiny)))
+    scores = torch.where(logits <= _fill(logits.dtype), logits, logits + gumbel)
+    soft = torch.softmax(scores / temperature, dim=-1)
+    if not hard:
+        return soft
+    one_hot = torch.nn.functional.one_hot(scores.argmax(-1), logits.shape[-1]).to(soft.dtype)
+    return one_hot - soft.detach() + soft
+
+
+def tanh_gaussian_sample(mean: torch.Tensor, log_std: torch.Tensor, generator: torch.Generator | None = None
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(a, log pi(a)) for a = tanh(u), u ~ N(mean, exp(log_std)^2) reparameterised (gradients
+    flow to mean and log_std). log pi(a) = log N(u) - sum log(1 - tanh(u)^2), the last term
+    written stably as 2 (log 2 - u - softplus(-2u)). a lies in (-1, 1); an affine map to the
+    action bounds adds a constant to log pi, which is left out (as in SAC's reference code)."""
+    u = gaussian_sample(mean, log_std, generator)
+    correction = 2.0 * (math.log(2.0) - u - torch.nn.functional.softplus(-2.0 * u))
+    return torch.tanh(u), gaussian_logp(mean, log_std, u) - correction.sum(-1)
+
+
 __all__ = [
+    "gumbel_softmax", "tanh_gaussian_sample",
     "MASK_VALUE", "mask_logits", "categorical_probs", "categorical_sample", "categorical_logp",
     "categorical_entropy", "categorical_logp_entropy", "categorical_greedy", "gaussian_sample", "gaussian_logp",
     "gaussian_entropy",
