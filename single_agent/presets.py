@@ -42,12 +42,12 @@ normalised advantages (PyTorch's examples/reinforcement_learning/reinforce.py no
 
 DQN = {**ONE_AGENT, "mixer": "none", "returns": "nstep", "n_step": 1, "double_q": False, "dueling": False, "lr": 1e-4,
        "gamma": 0.99, "epsilon_start": 1.0, "epsilon_finish": 0.05, "epsilon_anneal_steps": 20_000, "max_grad_norm": 10.0,
-       "hidden": (64, 64), "target_update_interval_or_tau": 2500.0}
+       "hidden": (64, 64), "target_update_interval_or_tau": 200.0}
 """SB3 DQN defaults: lr 1e-4, one-step targets, no double Q (--double-q true), 64-64 ReLU,
 max_grad_norm 10, epsilon 1 -> 0.05 over 10% of training (20k of TrainConfig's 200k steps),
-target network copied every 10k env steps (= 2500 of SB3's gradient steps, one per 4 env steps).
-On the episode replay of marl.algos.qlearning, so batch_size and buffer_size count episodes and
-the replay ratio is that learner's (one gradient step per 50 env steps)."""
+target network copied every 10k env steps. On the episode replay of marl.algos.qlearning, so
+batch_size and buffer_size count episodes and the replay ratio is that learner's (one gradient
+step per 50 env steps, where SB3 takes one per 4): 10k env steps are 200 gradient steps."""
 
 OFF_POLICY = {**ONE_AGENT, "critic": "local", "updates_per_step": 1.0, "batch_size": 256, "buffer_size": 1_000_000,
               "learning_starts": 100, "random_steps": 100, "tau": 0.005, "gamma": 0.99}
