@@ -119,7 +119,8 @@ def test_n_step_target_by_hand():
     T = 3  # states 0 -> 1 -> 2 -> 2, rewards 1, 2, 0; no episode end
     b = {"obs": eye[[0, 1, 2]].view(T, 1, 1, 3), "actions": torch.tensor([1, 0, 1]).view(T, 1, 1),
          "reward": torch.tensor([1.0, 2.0, 0.0]).view(T, 1, 1), "terminated": torch.zeros(T, 1, 1, dtype=torch.bool),
-         "done": torch.zeros(T, 1, dtype=torch.bool), "final_obs": torch.zeros(T, 1, 1, 3)}
+         "done": torch.zeros(T, 1, dtype=torch.bool), "final_obs": torch.zeros(T, 1, 1, 3),
+         "avail": torch.ones(T, 1, 1, 2, dtype=torch.bool), "final_avail": torch.ones(T, 1, 1, 2, dtype=torch.bool)}
     learner.update(b)
     assert learner.q[0, 1] == 1 + 0.5 * 2 + 0.25 * 8
     assert learner.q[1, 0] == 0  # its target needs step 3: carried to the next segment
@@ -151,6 +152,25 @@ def test_tabular_runs_on_frozenlake_and_taxi_and_resumes_exactly(tmp_path):
     assert torch.equal(a["pi.q"], b["pi.q"]) and a["pi.q"].abs().sum() > 0
     out, _ = _train(tmp_path, "q_learning", 400, num_envs=4, env={"env": "gym/Taxi-v4", "env_kwargs": {}})
     assert out["step"] == 400 and resumed["step"] == 400
+
+
+def test_bootstraps_read_only_the_actions_available_in_the_next_state():
+    """Taxi-like masks: an action never available keeps its initial value, which must not enter
+    the max (Q-learning) or the expectation (Expected SARSA) of the next state's value."""
+    from marl.algos.tabular import TabularLearner
+    from marl.core.spec import EnvSpec
+
+    spec = EnvSpec(("agent_0",), (2,), "discrete", (2,), 2, False, True, name="masked", discrete_obs=True)
+    eye = torch.eye(2)
+    b = {"obs": eye[[0, 1]].view(2, 1, 1, 2), "actions": torch.tensor([1, 1]).view(2, 1, 1),
+         "reward": torch.tensor([-1.0, -1.0]).view(2, 1, 1), "terminated": torch.zeros(2, 1, 1, dtype=torch.bool),
+         "done": torch.zeros(2, 1, dtype=torch.bool), "final_obs": torch.zeros(2, 1, 1, 2),
+         "avail": torch.tensor([[True, True], [False, True]]).view(2, 1, 1, 2), "final_avail": torch.ones(2, 1, 1, 2, dtype=torch.bool)}
+    for method, expected in (("q_learning", -1 + 0.5 * -4), ("expected_sarsa", -1 + 0.5 * -4)):
+        learner = TabularLearner(ALGOS.get("q_learning").make_config(method=method, gamma=0.5, lr=1.0), spec, torch.device("cpu"))
+        learner.q[1] = torch.tensor([10.0, -4.0])  # action 0 is never available in state 1
+        learner.update({k: v.clone() for k, v in b.items()})
+        assert learner.q[0, 1] == expected, method
 
 
 @pytest.mark.parametrize("algo", ["q_learning", "sarsa", "expected_sarsa", "dyna_q"])

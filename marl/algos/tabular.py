@@ -26,7 +26,6 @@ move by the mean of their errors.
 """
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from typing import Literal
 
@@ -106,11 +105,11 @@ def table_update(q: Tensor, s: Tensor, a: Tensor, target: Tensor, lr: float) -> 
 class TablePolicy(nn.Module):
     """ε-greedy on a Q table [S, A]; greedy breaks ties by the first action, exploring uniformly."""
 
-    def __init__(self, n_states: int, n_actions: int, init_q: float, epsilon: float, seed: int):
+    def __init__(self, n_states: int, n_actions: int, init_q: float, epsilon: float, seed: int, device: torch.device):
         super().__init__()
-        self.register_buffer("q", torch.full((n_states, n_actions), float(init_q)))
-        self.epsilon = epsilon
-        self.gen = torch.Generator(device=self.q.device)
+        self.register_buffer("q", torch.full((n_states, n_actions), float(init_q), device=device))
+        self.epsilon, self.seed = epsilon, seed
+        self.gen = torch.Generator(device=device)
         self.gen.manual_seed(seed)
 
     def initial_hidden(self, num_envs: int):
@@ -124,13 +123,6 @@ class TablePolicy(nn.Module):
         probs = egreedy_probs(q, avail, self.epsilon)
         return categorical_sample(mask_logits(probs.log(), probs > 0), self.gen), hidden, {}
 
-    def _apply(self, fn, *args, **kwargs):  # .to(device) moves the generator too
-        out = super()._apply(fn, *args, **kwargs)
-        if self.gen.device != self.q.device:
-            state, self.gen = self.gen.get_state(), torch.Generator(device=self.q.device)
-            self.gen.set_state(state)
-        return out
-
 
 # ----------------------------------------------------------------------------- learner
 class TabularLearner(nn.Module):
@@ -138,12 +130,15 @@ class TabularLearner(nn.Module):
         super().__init__()
         self.cfg, self.spec, self.device = config, spec, device
         S, A = spec.obs_dim, spec.n_actions
-        self.pi = TablePolicy(S, A, config.init_q, config.epsilon, seed).to(device)
+        self.pi = TablePolicy(S, A, config.init_q, config.epsilon, seed, device)
         self.gen = torch.Generator(device=device)  # planning draws
         self.gen.manual_seed(seed + 1)
+        # Dyna-Q's model, and the actions available in each state seen (the bootstraps' max and
+        # expectation run over them: an action never available keeps its initial value)
         self.model = {"r": torch.zeros(S, A, device=device), "next": torch.zeros(S, A, dtype=torch.long, device=device),
                       "terminated": torch.zeros(S, A, dtype=torch.bool, device=device),
-                      "seen": torch.zeros(S, A, dtype=torch.bool, device=device)}
+                      "seen": torch.zeros(S, A, dtype=torch.bool, device=device),
+                      "avail": torch.ones(S, A, dtype=torch.bool, device=device)}
         self.carry: dict[str, Tensor] | None = None  # rows whose target still waits for later steps
         self.env_steps = 0
 
@@ -159,17 +154,17 @@ class TabularLearner(nn.Module):
 
     def policy(self) -> nn.Module:
         """A frozen acting copy (the table and the ε-greedy rule), on the CPU."""
-        pi = copy.deepcopy(self.pi).to("cpu").eval()
-        for t in pi.buffers():
-            t.requires_grad_(False)
-        return pi
+        q = self.q
+        pi = TablePolicy(q.shape[0], q.shape[1], 0.0, self.cfg.epsilon, self.pi.seed, torch.device("cpu"))
+        pi.q.copy_(q.detach().cpu())
+        return pi.eval()
 
     def _value(self, s: Tensor) -> Tensor:
-        """V(s) under the method's bootstrap (sarsa: the expectation, for states where no action was taken)."""
-        q = self.q[s]
+        """V(s) under the method's bootstrap over the actions available in s (sarsa: the
+        expectation, for states where no action was taken)."""
+        q, avail = self.q[s], self.model["avail"][s]
         if self.cfg.method == "q_learning":
-            return q.max(-1).values
-        avail = torch.ones_like(q, dtype=torch.bool)
+            return mask_logits(q, avail).max(-1).values
         return (egreedy_probs(q, avail, self.cfg.epsilon) * q).sum(-1)
 
     def update(self, b: dict) -> dict[str, float]:
@@ -178,6 +173,9 @@ class TabularLearner(nn.Module):
         self.env_steps += T * E
         rows = {"s": b["obs"][..., 0, :].argmax(-1), "a": b["actions"][..., 0], "r": b["reward"][..., 0],
                 "terminated": b["terminated"][..., 0], "done": b["done"], "final_s": b["final_obs"][..., 0, :].argmax(-1)}
+        done = b["done"]
+        self.model["avail"][rows["s"]] = b["avail"][..., 0, :]
+        self.model["avail"][rows["final_s"][done]] = b["final_avail"][..., 0, :][done]
         if self.carry is not None:
             rows = {k: torch.cat([self.carry[k], v]) for k, v in rows.items()}
         L, errors = rows["s"].shape[0], []
@@ -225,7 +223,8 @@ class TabularLearner(nn.Module):
         for _ in range(self.cfg.planning_steps):
             idx = torch.multinomial(seen, E, replacement=True, generator=self.gen)
             s, a = idx // A, idx % A
-            target = m["r"][s, a] + self.cfg.gamma * (~m["terminated"][s, a]) * self.q[m["next"][s, a]].max(-1).values
+            nxt = m["next"][s, a]
+            target = m["r"][s, a] + self.cfg.gamma * (~m["terminated"][s, a]) * mask_logits(self.q[nxt], m["avail"][nxt]).max(-1).values
             table_update(self.q, s, a, target, self.cfg.lr)
 
     # -- checkpoint ---------------------------------------------------------------------
