@@ -4,7 +4,7 @@ Every preset states one agent (`sharing` none, no agent id, a local critic) and 
 other values from the library people compare with: Stable-Baselines3's defaults
 (stable_baselines3/{ppo,a2c,dqn,ddpg,td3,sac}/*.py, v2.x), mapped onto our fields where they differ in
 kind. Per-env tunings (rl-baselines3-zoo, hyperparams/*.yml) are flags on top; README.md
-gives them for CartPole-v1.
+and tests/test_single_agent.py give them for CartPole-v1 and Pendulum-v1.
 """
 from __future__ import annotations
 
