@@ -182,7 +182,11 @@ def build(cfg: TrainConfig, algo_cfg, device: torch.device):
     spec = vec.spec
     try:
         kind_ok = algo_cfg.discrete if spec.discrete else algo_cfg.continuous
-        check(kind_ok, f"{cfg.algo} cannot handle the {spec.action_kind} actions of env '{cfg.env}'", f"pick an algorithm for {spec.action_kind} actions (marl train --help lists them)")
+        check(kind_ok, f"{cfg.algo} cannot handle the {spec.action_kind} actions of env '{cfg.env}'",
+              f"pick an algorithm for {spec.action_kind} actions: {', '.join(_algos_for(spec.action_kind, spec.n_agents))}")
+        check(not entry.multi_agent or spec.n_agents == 1,
+              f"{cfg.algo} is a single-agent algorithm but env '{cfg.env}' has {spec.n_agents} agents ({', '.join(spec.agents)})",
+              f"use its multi-agent counterpart: --algo {entry.multi_agent}")
         check_choices(algo_cfg)
         algo_cfg.validate(spec, cfg.num_envs)
     except MarlError:
@@ -191,6 +195,12 @@ def build(cfg: TrainConfig, algo_cfg, device: torch.device):
     _seed_everything(cfg.seed)
     learner = entry.learner(algo_cfg, spec, device, cfg.seed)
     return make_fn, vec, learner
+
+
+def _algos_for(action_kind: str, n_agents: int) -> list[str]:
+    """Registered names that handle an action kind (single-agent names only for one agent)."""
+    return [name for name in ALGOS.names() if getattr(ALGOS.get(name).config, action_kind)
+            and (n_agents == 1 or not ALGOS.get(name).multi_agent)]
 
 
 def _eval_envs(cfg: TrainConfig, episodes: int) -> int:

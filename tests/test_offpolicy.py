@@ -1,9 +1,7 @@
 """Off-policy actor-critics (MADDPG, MATD3, ISAC, MASAC) and their transition replay: the
 Gumbel-softmax and tanh-Gaussian math, the replay's ring, bootstrap rows and resume, the
 information each network reads, known answers through the real trainer, exact resume, bad input.
-
-Slow single-agent check (gym/Pendulum-v1, local critics, 20k env steps):
-    python -m pytest tests/test_offpolicy.py -m slow -q
+Their one-agent presets (ddpg, td3, sac on Pendulum-v1) are checked in tests/test_single_agent.py.
 """
 from __future__ import annotations
 
@@ -16,9 +14,8 @@ import torch
 
 from marl import envs
 from marl.algos import ALGOS
-from marl.algos.ddpg import SINGLE_AGENT_PRESETS as DDPG_PRESETS, ou_step
+from marl.algos.ddpg import ou_step
 from marl.algos.offpolicy import joint_actions
-from marl.algos.sac import SINGLE_AGENT_PRESETS as SAC_PRESETS
 from marl.algos.transitions import TransitionReplay, transition_rows
 from marl.checkpoint import load_checkpoint
 from marl.cli import main
@@ -362,18 +359,6 @@ def test_bad_input_exits_2_with_one_line(argv, expected, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and all(t in err[0] for t in expected), err
     assert not (tmp_path / "run").exists()
-
-
-# ----------------------------------------------------------------------------- single agent (slow)
-@pytest.mark.slow
-@pytest.mark.parametrize("algo, preset", [("isac", SAC_PRESETS["sac"]), ("matd3", DDPG_PRESETS["td3"])])
-def test_single_agent_pendulum_with_a_local_critic(tmp_path, algo, preset):
-    """gym/Pendulum-v1 (one agent, 200-step episodes, truncated): SAC and TD3 with a local
-    critic reach a greedy return >= -200 within 20k env steps (random: about -1200)."""
-    out = _run(tmp_path, algo=algo, env="gym/Pendulum-v1", steps=20_000, num_envs=1, eval_interval=20_000, eval_episodes=10,
-               algo_kw={**preset, "gamma": 0.99, "rollout_len": 1})
-    assert out["eval/return_mean"] >= -200, out
-    assert np.isfinite(out["eval/return_mean"])
 
 
 @pytest.mark.parametrize("algo", OFF_ALGOS)

@@ -451,7 +451,7 @@ def test_a_user_package_named_envs_does_not_shadow_marls_from_a_checkout(tmp_pat
 def test_the_installed_package_holds_envs_as_marl_envs(tmp_path):
     """Lay out the packages as pyproject.toml declares them for installation (`packages`,
     `package-dir`: what setuptools puts in the wheel), check that they hold every module of
-    marl/ and envs/ and no top-level `envs`, and train from a project with its own `envs`."""
+    marl/, envs/ and single_agent/ and no top-level `envs`, and train from a project with its own `envs`."""
     import shutil
     import tomllib
 
@@ -466,7 +466,7 @@ def test_the_installed_package_holds_envs_as_marl_envs(tmp_path):
             shutil.copy(module, target / module.name)
     installed = {p.relative_to(site).as_posix() for p in site.rglob("*.py")}
     expected = {f"marl/{p.relative_to(ROOT / 'marl').as_posix()}" for p in (ROOT / "marl").rglob("*.py")} | \
-               {f"marl/envs/{p.relative_to(ROOT / 'envs').as_posix()}" for p in (ROOT / "envs").rglob("*.py")}
+               {f"marl/{top}/{p.relative_to(ROOT / top).as_posix()}" for top in ("envs", "single_agent") for p in (ROOT / top).rglob("*.py")}
     assert installed == expected, installed ^ expected  # every package listed, nothing outside marl/
     run_from_user_project(tmp_path, str(site))
 

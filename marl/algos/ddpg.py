@@ -133,13 +133,6 @@ def _entry(preset: dict, summary: str) -> AlgoEntry:
 
 
 MATD3_PRESET = {"twin_critics": True, "target_noise": 0.2, "target_noise_clip": 0.5, "policy_delay": 2}
-SINGLE_AGENT_PRESETS = {
-    "ddpg": {"critic": "local", "updates_per_step": 1.0, "batch_size": 256, "tau": 0.005, "actor_lr": 1e-3, "critic_lr": 1e-3,
-             "hidden": (256, 256), "random_steps": 1000},
-    "td3": {"critic": "local", "updates_per_step": 1.0, "batch_size": 256, "tau": 0.005, "actor_lr": 1e-3, "critic_lr": 1e-3,
-            "hidden": (256, 256), "random_steps": 1000, **MATD3_PRESET},
-}
-"""Config values that make the single-agent algorithms (a local critic; use them with one agent)."""
 
 ALGOS.register("maddpg", _entry({"gamma": 0.95},
                                 "deterministic actors, centralised critics of all agents' actions (Lowe et al. 2017); "

@@ -56,6 +56,9 @@ class OnPolicyConfig:
     """Discount factor."""
     gae_lambda: float = 0.95
     """GAE λ (1 = Monte-Carlo advantages, 0 = one-step TD)."""
+    baseline: bool = True
+    """Subtract the critic's value from the return to form the advantage (false: the return itself, REINFORCE
+    without a baseline; the critic still values the observation where a rollout cuts an episode)."""
     reward: Literal["agent", "sum", "mean"] = "agent"
     """Reward each agent learns from: 'agent' (its own), 'sum' or 'mean' (the team's, a common reward)."""
     clip: float = 0.2
@@ -330,6 +333,8 @@ class OnPolicyLearner(torch.nn.Module):
     def update(self, b: dict) -> dict[str, float]:
         cfg = self.cfg
         values, adv, returns, mask = self._advantages(b)
+        if not cfg.baseline:
+            adv = returns
         if cfg.value_norm:
             old_v = self.value_norm.normalize(values)  # the critic's own outputs: the value clip's centre
             old = (self.value_norm.mean.clone(), self.value_norm.std) if cfg.popart else None

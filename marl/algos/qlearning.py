@@ -79,6 +79,8 @@ class QConfig:
     """Env steps over which epsilon falls linearly from start to finish."""
     double_q: bool = True
     """Double Q: the online net picks the next action (over available actions), the target net values it."""
+    dueling: bool = False
+    """Dueling agent networks (Wang et al. 2016): a state value and action advantages, Q = V + A - mean(A)."""
     target_update_interval_or_tau: float = 200.0
     """Target networks: > 1 copies them every this many gradient steps (hard); <= 1 is the soft-update rate tau per step."""
     returns: Literal["q_lambda", "td_lambda", "nstep"] = "q_lambda"
@@ -196,6 +198,23 @@ class QPolicy(nn.Module):
         return actions, hidden, {}
 
 
+class Dueling(nn.Module):
+    """An agent network read as a dueling head (Wang et al. 2016): its first output is the state
+    value V, the others the advantages A; Q = V + A - mean(A). Same interface as the AgentNet."""
+
+    def __init__(self, net: AgentNet):
+        super().__init__()
+        self.net = net
+
+    def initial_hidden(self, *args, **kwargs) -> Tensor:
+        return self.net.initial_hidden(*args, **kwargs)
+
+    def forward(self, x: Tensor, h: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        out, h = self.net(x, h)
+        value, adv = out[..., :1], out[..., 1:]
+        return value + adv - adv.mean(-1, keepdim=True), h
+
+
 # ----------------------------------------------------------------------------- learner
 class QLearner(nn.Module):
     def __init__(self, config: QConfig, spec: EnvSpec, device: torch.device, seed: int = 0):
@@ -204,8 +223,10 @@ class QLearner(nn.Module):
         self.spec, self.device, self.n = spec, device, spec.n_agents
         groups = resolve_groups(cfg.sharing, spec.n_agents)
         feat_dim = spec.obs_dim + (spec.n_agents if cfg.agent_id else 0)
-        self.net = AgentNet(feat_dim, spec.n_actions, hidden=tuple(cfg.hidden), groups=groups, recurrent=cfg.recurrent,
-                            activation="relu", out_gain=1.0)
+        self.net = AgentNet(feat_dim, spec.n_actions + cfg.dueling, hidden=tuple(cfg.hidden), groups=groups,
+                            recurrent=cfg.recurrent, activation="relu", out_gain=1.0)
+        if cfg.dueling:
+            self.net = Dueling(self.net)
         self.head = MIXERS.get(cfg.mixer).value_head(cfg, spec, feat_dim)
         self.target_net, self.target_head = copy.deepcopy(self.net), copy.deepcopy(self.head)
         for p in (*self.target_net.parameters(), *self.target_head.parameters()):

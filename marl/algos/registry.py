@@ -76,6 +76,9 @@ class AlgoEntry:
     """Config values that make this name (e.g. mappo = critic 'central')."""
     summary: str = ""
     """One line for --help."""
+    multi_agent: str = ""
+    """Set for a single-agent name (marl.single_agent): the algorithm to use instead on an env
+    with more than one agent. The trainer refuses such an env for this name."""
 
     def make_config(self, **overrides: Any) -> AlgoConfig:
         names = {f.name for f in dataclasses.fields(self.config)}

@@ -137,12 +137,6 @@ def _entry(preset: dict, summary: str) -> AlgoEntry:
     return AlgoEntry(SACConfig, SACLearner, preset, summary)
 
 
-SINGLE_AGENT_PRESETS = {
-    "sac": {"critic": "local", "updates_per_step": 1.0, "batch_size": 256, "tau": 0.005, "actor_lr": 3e-4, "critic_lr": 1e-3,
-            "hidden": (256, 256), "random_steps": 1000},
-}
-"""Config values that make single-agent SAC (a local critic; use them with one agent)."""
-
 ALGOS.register("isac", _entry({"critic": "local", "gamma": 0.95},
                               "independent soft actor-critics: per-agent twin critics on own observation and action, automatic entropy temperature"))
 ALGOS.register("masac", _entry({"critic": "central", "gamma": 0.95},

@@ -56,6 +56,7 @@ class EnvSpec:
     action_high: tuple[tuple[float, ...], ...] = ()
     name: str = ""
     state_is_concat_obs: bool = False  # the state is the agents' observations concatenated: it adds nothing to them
+    discrete_obs: bool = False  # every agent observes one Discrete value, one-hot encoded: its index is the obs argmax
 
     @property
     def n_agents(self) -> int:
@@ -118,7 +119,8 @@ class EnvSpec:
         # without state() the state is the concatenated padded observations; an env may declare
         # that its state() is the concatenation of its observations (envs.make does for mpe2)
         concat = not has_state or bool(getattr(env, "state_is_concat_obs", False))
-        return cls(agents, obs_dims, kind, sizes, state_dim, has_state, has_mask, low, high, name, concat)
+        discrete_obs = all(isinstance(_obs_part(s), spaces.Discrete) for s in obs_spaces)
+        return cls(agents, obs_dims, kind, sizes, state_dim, has_state, has_mask, low, high, name, concat, discrete_obs)
 
 
 class ObsShapeError(ValueError):

@@ -1,0 +1,152 @@
+#!/usr/bin/env python
+"""Benchmark: our single-agent algorithms against Stable-Baselines3 on the same gymnasium env,
+with the same env-step budget, each side's default hyperparameters (ours: the presets of
+marl.single_agent and TrainConfig's run defaults, e.g. 16 envs; SB3: its class defaults, one
+env), the same seeds.
+
+Both sides evaluate the greedy (deterministic) policy on `--eval-episodes` episodes every
+`--eval-every` env steps, in the training process (ours with --workers 0; SB3 in a callback),
+so both pay the same evaluation cost. Reported per run: wall seconds from the start of
+training to the first evaluation at or above the threshold (evaluation included), the env
+steps at that point, and the final greedy return; then the mean over seeds and the ratio of
+SB3's time to ours. Torch uses one thread on both sides.
+
+  python scripts/bench_sb3.py [--algos ppo,dqn,sac] [--seeds 1,2,3] [--out bench-results/sb3.json]
+
+Needs `pip install 'marl[bench]'` (stable-baselines3, never imported by marl itself).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import gymnasium
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+# algo: (env id, env-step budget, return threshold); thresholds and budgets of the issue (rl-baselines3-zoo)
+TASKS = {"ppo": ("CartPole-v1", 100_000, 475.0), "dqn": ("CartPole-v1", 100_000, 475.0),
+         "sac": ("Pendulum-v1", 20_000, -200.0), "td3": ("Pendulum-v1", 20_000, -200.0), "ddpg": ("Pendulum-v1", 20_000, -200.0)}
+
+
+def run_ours(algo: str, env_id: str, steps: int, seed: int, eval_every: int, episodes: int, workdir: Path) -> list[tuple[int, float, float]]:
+    """(env step, seconds since training started, greedy return) at every evaluation."""
+    from marl.algos import ALGOS
+    from marl.config import TrainConfig
+    from marl.train import train
+
+    run_dir = workdir / f"ours-{algo}-s{seed}"
+    cfg = TrainConfig(algo=algo, env=f"gym/{env_id}", steps=steps, seed=seed, workers=0, eval_interval=eval_every,
+                      eval_episodes=episodes, run_dir=str(run_dir), wandb="disabled", progress=False, log_interval=eval_every,
+                      checkpoint_interval=steps, torch_threads=1)
+    train(cfg, ALGOS.get(algo).make_config())
+    rows = [json.loads(line) for line in open(run_dir / "metrics.jsonl")]
+    return [(r["step"], r["time_s"], r["eval/return_mean"]) for r in rows if "eval/return_mean" in r]
+
+
+def run_sb3(algo: str, env_id: str, steps: int, seed: int, eval_every: int, episodes: int) -> list[tuple[int, float, float]]:
+    import stable_baselines3 as sb3
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    eval_env = gymnasium.make(env_id)
+    evals: list[tuple[int, float, float]] = []
+
+    def evaluate(model) -> float:
+        returns = []
+        for k in range(episodes):  # the same episodes at every evaluation
+            obs, _ = eval_env.reset(seed=seed + 1_000_003 + k)
+            done, total = False, 0.0
+            while not done:
+                action, _ = model.predict(obs, deterministic=True)
+                obs, reward, terminated, truncated, _ = eval_env.step(action)
+                total, done = total + float(reward), terminated or truncated
+            returns.append(total)
+        return float(np.mean(returns))
+
+    class Every(BaseCallback):
+        def _on_training_start(self) -> None:
+            self.t0, self.next = time.perf_counter(), 0
+            self._eval()
+
+        def _eval(self) -> None:
+            evals.append((self.num_timesteps, time.perf_counter() - self.t0, evaluate(self.model)))
+            self.next += eval_every
+
+        def _on_step(self) -> bool:
+            if self.num_timesteps >= self.next:
+                self._eval()
+            return True
+
+        def _on_training_end(self) -> None:
+            if evals[-1][0] != self.num_timesteps:
+                self._eval()
+
+    model = getattr(sb3, algo.upper())("MlpPolicy", gymnasium.make(env_id), seed=seed, device="cpu", verbose=0)
+    model.learn(total_timesteps=steps, callback=Every())
+    return evals
+
+
+def summarise(evals: list[tuple[int, float, float]], threshold: float) -> dict:
+    hit = next(((step, t) for step, t, ret in evals if ret >= threshold), None)
+    return {"steps_to_threshold": hit[0] if hit else None, "seconds_to_threshold": round(hit[1], 2) if hit else None,
+            "final_return": evals[-1][2], "evals": evals}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--algos", default="ppo,dqn,sac", help="comma-separated; names not registered in marl are left out with a note")
+    p.add_argument("--seeds", default="1,2,3")
+    p.add_argument("--eval-every", type=int, default=5000, help="env steps between greedy evaluations (both sides)")
+    p.add_argument("--eval-episodes", type=int, default=10)
+    p.add_argument("--steps", type=int, default=0, help="override every budget (a quick check; 0 = the budgets above)")
+    p.add_argument("--out", default="", help="write every evaluation of every run as JSON here")
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    from marl.algos import ALGOS
+
+    seeds = [int(s) for s in args.seeds.split(",")]
+    results: dict = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for algo in args.algos.split(","):
+            if algo not in ALGOS or algo not in TASKS:
+                print(f"note: {algo} is not a registered single-agent algorithm of this marl; left out", file=sys.stderr)
+                continue
+            env_id, steps, threshold = TASKS[algo]
+            steps = args.steps or steps
+            for seed in seeds:
+                for side in ("ours", "sb3"):
+                    evals = run_ours(algo, env_id, steps, seed, args.eval_every, args.eval_episodes, Path(tmp)) if side == "ours" \
+                        else run_sb3(algo, env_id, steps, seed, args.eval_every, args.eval_episodes)
+                    results[(algo, side, seed)] = summarise(evals, threshold)
+                    r = results[(algo, side, seed)]
+                    print(f"{algo} {env_id} {side} seed {seed}: threshold {threshold} at {r['seconds_to_threshold']} s "
+                          f"({r['steps_to_threshold']} steps), final greedy return {r['final_return']:.1f}", flush=True)
+    print("\n| algo | env (budget) | side | s to threshold (mean; runs reaching it) | final greedy return (mean) |\n|---|---|---|---|---|")
+    for algo in dict.fromkeys(a for a, _, _ in results):
+        env_id, steps, threshold = TASKS[algo]
+        steps = args.steps or steps
+        means = {}
+        for side in ("ours", "sb3"):
+            runs = [results[(algo, side, s)] for s in seeds]
+            times = [r["seconds_to_threshold"] for r in runs if r["seconds_to_threshold"] is not None]
+            means[side] = statistics.mean(times) if len(times) == len(runs) else None
+            shown = f"{statistics.mean(times):.1f}; {len(times)}/{len(runs)}" if times else f"never; 0/{len(runs)}"
+            print(f"| {algo} | {env_id} ({steps}, >= {threshold}) | {side} | {shown} | "
+                  f"{statistics.mean(r['final_return'] for r in runs):.1f} |")
+        if means["ours"] and means["sb3"]:
+            print(f"| {algo} | | SB3 time / ours | {means['sb3'] / means['ours']:.2f}x | |")
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps({f"{a}/{side}/{s}": r for (a, side, s), r in results.items()}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
