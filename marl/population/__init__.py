@@ -1,0 +1,1 @@
+"""Populations of learners trained together (population-based training on Ray: `marl.population.pbt`)."""
