@@ -25,11 +25,12 @@ BASE = dict(env="builtin/identity", algo="ippo", workers=0, wandb="disabled", pr
             eval_episodes=16)
 
 
-def test_resume_with_a_new_lr_updates_with_it(tmp_path):
+@pytest.mark.parametrize("algo", ["ippo", "vdn"])
+def test_resume_with_a_new_lr_updates_with_it(tmp_path, algo):
     """The optimiser state in a checkpoint carries the old lr; the resumed learner must step with
     the config's new one (what a PBT exploit relies on). lr 1e-20 leaves the weights as they are."""
-    cfg = TrainConfig(**BASE, steps=400, run_dir=str(tmp_path / "run"), checkpoint_interval=400, eval_interval=0)
-    train(cfg, ALGOS.get("ippo").make_config(lr=1e-2))
+    cfg = TrainConfig(**{**BASE, "algo": algo}, steps=400, run_dir=str(tmp_path / "run"), checkpoint_interval=400, eval_interval=0)
+    train(cfg, ALGOS.get(algo).make_config(lr=1e-2, **({"learning_starts": 0, "reward": "sum"} if algo == "vdn" else {})))
     moved = []
 
     class Watch:
@@ -41,8 +42,8 @@ def test_resume_with_a_new_lr_updates_with_it(tmp_path):
             moved.append(float((after - self.before).abs().max()))
 
     resumed = replace(cfg, steps=800, resume=True, allow_config_change=True)
-    with Trainer(resumed, ALGOS.get("ippo").make_config(lr=1e-20), set_fields={"steps", "allow_config_change"},
-                 callbacks=[Watch()]) as t:
+    with Trainer(resumed, ALGOS.get(algo).make_config(lr=1e-20, **({"learning_starts": 0, "reward": "sum"} if algo == "vdn" else {})),
+                 set_fields={"steps", "allow_config_change"}, callbacks=[Watch()]) as t:
         assert t.learners["all"].opt.lr == 1e-20
         t.step()
     assert moved and moved[0] < 1e-12  # with the checkpoint's lr 1e-2 the weights move by ~1e-2
