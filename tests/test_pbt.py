@@ -14,7 +14,9 @@ import torch
 
 from marl.algos import ALGOS
 from marl.cli import main
+from marl.checkpoint import load_checkpoint
 from marl.config import TrainConfig
+from marl.core.policies import RandomPolicy
 from marl.population.pbt import PBTConfig, run_pbt
 from marl.train import train
 from marl.trainer import Trainer
@@ -129,3 +131,21 @@ def test_a_pbt_replaces_a_bad_lr_and_matches_the_best_fixed_member(tmp_path):
     assert result["members"][0]["lr"] != 1e-7 and 1e-5 <= result["members"][0]["lr"]
     assert json.loads((tmp_path / "pop" / "population.json").read_text())["best"] == result["best"]
     assert all((tmp_path / "pop" / f"member_{k}" / "metrics.jsonl").is_file() for k in range(2))
+
+
+@pytest.mark.slow  # ~30-60 s: python -m pytest tests/test_pbt.py -m slow -q
+def test_a_league_plays_each_member_against_the_others(tmp_path):
+    """--league player_1: from the first report on, each member's frozen opponent slot holds a
+    frozen copy of the other member's learner (not the random player it started with), and the
+    population's return is the learner's own (rps is zero-sum: the sum over both seats is 0)."""
+    cfg = TrainConfig(**{**BASE, "env": "pettingzoo.classic/rps_v2"}, steps=1600, seed=0, run_dir=str(tmp_path / "pop"),
+                      policies="player_0=ippo player_1=random", seats="shuffle")
+    result = run_pbt(cfg, ALGOS.get("ippo").make_config(), PBTConfig(members=2, interval=800, quantile=0.5, num_cpus=2, league="player_1"))
+    games = {(e["member"], e["from"]) for e in result["events"] if e["kind"] == "opponent"}
+    assert games == {(0, 1), (1, 0)}
+    for k in range(2):
+        ckpt = load_checkpoint(tmp_path / "pop" / f"member_{k}" / "checkpoints" / "latest.pt")
+        assert not isinstance(ckpt["slots"]["player_1"]["policy"], RandomPolicy)
+        rows = [json.loads(line) for line in (tmp_path / "pop" / f"member_{k}" / "metrics.jsonl").read_text().splitlines()]
+        evals = [r for r in rows if "eval/player_0/return_mean" in r]
+        assert evals and evals[-1]["eval/player_0/return_mean"] == pytest.approx(result["members"][k]["return"])

@@ -29,6 +29,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from marl.algos import ALGOS
@@ -63,6 +64,8 @@ class PBTConfig:
     """CPUs of the local Ray (0: one per member, at most this machine's); each member uses one."""
     max_failures: int = 3
     """Restarts of a member whose worker died, from its last checkpoint, before the population stops."""
+    league: str = ""
+    """Self-play league: a frozen --policies slot (e.g. player_1=random) that plays, from each report on, another member's learner."""
 
 
 # -- input checks (all before Ray starts) ------------------------------------------------------
@@ -125,7 +128,17 @@ def check_pbt(cfg: TrainConfig, algo_cfg, pbt: PBTConfig) -> tuple[dict, dict, i
     check(0 <= pbt.resample_probability <= 1, f"--resample-probability must be in [0, 1], got {pbt.resample_probability}", "e.g. 0.25")
     check(pbt.max_failures >= 0, f"--max-failures must be >= 0, got {pbt.max_failures}", "e.g. --max-failures 3")
     check(not cfg.resume, "marl pbt does not resume a population", "start it in a new --run-dir (or pass --overwrite)")
-    check(not cfg.policies, "marl pbt trains one learner per member; --policies is not supported", "drop --policies")
+    if cfg.policies:
+        from marl import agentmap
+
+        entries = dict(agentmap.parse(cfg.policies))
+        check(cfg.algo in entries.values(), f"--policies '{cfg.policies}' has no learner of --algo {cfg.algo}, whose hyperparameters PBT explores",
+              f"name {cfg.algo} for one team, e.g. player_0={cfg.algo}")
+        names = {p.strip("*?[]"): c for p, c in entries.items()}
+        check(not pbt.league or (pbt.league in names and not agentmap.is_learner(names[pbt.league])),
+              f"--league {pbt.league}: not a frozen slot of --policies '{cfg.policies}'", "name a slot whose choice is random or a checkpoint")
+    else:
+        check(not pbt.league, f"--league {pbt.league} needs --policies", 'e.g. --policies "player_0=ippo player_1=random" --league player_1')
     ranges = parse_hparams(pbt.hparams, algo_cfg)
     init = parse_init(pbt.init, ranges)
     interval = pbt.interval or max(cfg.steps // 10, 1)
@@ -179,7 +192,8 @@ def _member(config: dict) -> None:
     elif run_dir.exists():  # a restart before the member's first checkpoint: start it afresh
         shutil.rmtree(run_dir)
     with Trainer(cfg, algo_cfg, set_fields={"allow_config_change"}) as t:
-        learner = t.learners["all"]
+        slot = next(n for n in t.learners if t.slot_cfgs[n][0] == cfg.algo)  # the learner whose hyperparameters PBT explores
+        learner, score = t.learners[slot], "eval/return_mean" if t.pmap is None else f"eval/{slot}/return_mean"
         lr_used = float(learner.opt.lr) if hasattr(learner, "opt") else float("nan")  # what the next update steps with
         (run_dir / "hparams.json").write_text(json.dumps(hp))
         (run_dir / "worker.json").write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "step": t.step_count}))
@@ -189,6 +203,11 @@ def _member(config: dict) -> None:
         target = t.step_count
         while True:  # a member restarted at the end reports once more (its own result, not the donor's)
             target = min(target + setup["interval"], cfg.steps)
+            if setup["league"] and not t.done:
+                opponent = league_opponent(t, setup["league"], run_dir.parent, k)
+                if opponent is not None:
+                    with open(run_dir / "events.jsonl", "a") as f:
+                        f.write(json.dumps({"step": t.step_count, "member": k, "kind": "opponent", "from": opponent}) + "\n")
             while t.step_count < target:
                 t.step()
             if t.last["eval"] != t.step_count or not t.final:
@@ -196,7 +215,7 @@ def _member(config: dict) -> None:
             t.log_evals()
             if t.last["ckpt"] != t.step_count:
                 t.checkpoint()
-            row = {"step": t.step_count, METRIC: float(t.final["eval/return_mean"]), "member": k, **hp,
+            row = {"step": t.step_count, METRIC: float(t.final[score]), "member": k, **hp,
                    "lr_used": float(learner.opt.lr) if hasattr(learner, "opt") else float("nan")}
             with tempfile.TemporaryDirectory() as folder:
                 shutil.copy(run_dir / "checkpoints" / "latest.pt", Path(folder) / "latest.pt")
@@ -204,6 +223,21 @@ def _member(config: dict) -> None:
                 tune.report(row, checkpoint=tune.Checkpoint.from_directory(folder))
             if t.done:
                 break
+
+
+def league_opponent(t, slot: str, population: Path, k: int) -> int | None:
+    """Let the frozen `slot` play a frozen copy of another member's learner (drawn uniformly from
+    those with a checkpoint, by a generator of the member and step); its index, or None."""
+    from marl.agentmap import checkpoint_policy
+
+    others = [d for d in sorted(population.glob("member_*")) if d.name != f"member_{k}" and (d / "checkpoints" / "latest.pt").is_file()]
+    if not others:
+        return None
+    pick = others[int(np.random.default_rng([t.cfg.seed, t.step_count]).integers(len(others)))]
+    learner = next(n for n in t.slots if n in t.learners)
+    spec = t.spec.subset(t.slot_agents[t.slots.index(slot)])
+    t.set_policy(slot, checkpoint_policy(str(pick / "checkpoints" / "latest.pt"), learner, spec, exact=True).to(t.device))
+    return int(pick.name.rsplit("_", 1)[1])
 
 
 # -- the population ----------------------------------------------------------------------------
@@ -246,7 +280,7 @@ def run_pbt(cfg: TrainConfig, algo_cfg, pbt: PBTConfig) -> dict:
         member_train = {**to_dict(replace(cfg, run_dir="", overwrite=False, workers=0, progress=False, torch_threads=1,
                                            eval_interval=interval, checkpoint_interval=interval))}
         param_space["marl"] = {"train": member_train, "algo": to_dict(algo_cfg), "hparams": list(ranges),
-                               "interval": interval, "population": str(population)}
+                               "interval": interval, "population": str(population), "league": pbt.league}
         scheduler = PopulationBasedTraining(time_attr="step", perturbation_interval=interval, hyperparam_mutations=space,
                                             quantile_fraction=pbt.quantile, resample_probability=pbt.resample_probability,
                                             synch=True)
@@ -301,5 +335,8 @@ def format_table(result: dict, names: list[str]) -> str:
             hp = ", ".join(f"{n}={v:.3g}" for n, v in e["hparams_after"].items())
             lines.append(f"step {e['step']}: member_{e['member']} copied member_{e['from']} ({hp})")
     restarts = sum(e["kind"] == "restart" for e in result["events"])
+    games = sum(e["kind"] == "opponent" for e in result["events"])
+    if games:
+        lines.append(f"league: {games} times a member took another member's learner as its opponent")
     lines.append(f"restarts from a member's own checkpoint (paused by the scheduler, or its worker died): {restarts}")
     return "\n".join(lines)
