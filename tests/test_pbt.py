@@ -57,7 +57,7 @@ def test_resume_with_a_new_lr_updates_with_it(tmp_path, algo):
     (["--hparams", "lr", "--init", "ent_coef=0.1"], "'ent_coef' is not one of the --hparams"),
     (["--ray-address", "127.0.0.1:1"], "--ray-address 127.0.0.1:1 cannot be reached"),
 ])
-def test_c_bad_input_is_one_line_before_ray_starts(tmp_path, capsys, args, words):
+def test_bad_input_is_one_line_before_ray_starts(tmp_path, capsys, args, words):
     run_dir = tmp_path / "pop"
     with pytest.raises(SystemExit) as exit_:
         main(["pbt", "--algo", "ippo", "--env", "builtin/identity", "--steps", "800", "--run-dir", str(run_dir), *args])
@@ -74,7 +74,7 @@ def _population(tmp_path, steps, interval, **pbt):
 
 
 @pytest.mark.slow  # ~40-70 s: python -m pytest tests/test_pbt.py -m slow -q
-def test_b_a_killed_worker_is_restored_and_the_population_finishes(tmp_path):
+def test_a_killed_worker_is_restored_and_the_population_finishes(tmp_path):
     """SIGKILL the Ray worker process of member 0 after its first report: Tune records the
     failure, restarts the member from its last checkpoint, and every member reaches the end."""
     member = tmp_path / "pop" / "member_0"
@@ -112,7 +112,7 @@ def test_b_a_killed_worker_is_restored_and_the_population_finishes(tmp_path):
 
 
 @pytest.mark.slow  # ~60-70 s: python -m pytest tests/test_pbt.py -m slow -q
-def test_a_pbt_replaces_a_bad_lr_and_matches_the_best_fixed_member(tmp_path):
+def test_pbt_replaces_a_bad_lr_and_matches_the_best_fixed_member(tmp_path):
     """Members start at lr 1e-7 (learns nothing in the budget) and 3e-3. The population's best
     member ends at least as good as the best member trained alone with its fixed lr and the
     same budget, and member 0's lr 1e-7 has been replaced by a copy of member 1's (perturbed),
@@ -133,8 +133,7 @@ def test_a_pbt_replaces_a_bad_lr_and_matches_the_best_fixed_member(tmp_path):
     assert all((tmp_path / "pop" / f"member_{k}" / "metrics.jsonl").is_file() for k in range(2))
 
 
-@pytest.mark.slow  # ~30-60 s: python -m pytest tests/test_pbt.py -m slow -q
-def test_a_league_plays_each_member_against_the_others(tmp_path):
+def test_league_plays_each_member_against_the_others(tmp_path):
     """--league player_1: from the first report on, each member's frozen opponent slot holds a
     frozen copy of the other member's learner (not the random player it started with), and the
     population's return is the learner's own (rps is zero-sum: the sum over both seats is 0)."""
