@@ -7,7 +7,6 @@ import signal
 import threading
 import time
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 import torch
@@ -56,6 +55,8 @@ def test_resume_with_a_new_lr_updates_with_it(tmp_path, algo):
     (["--hparams", "learning_rate"], "has no hyperparameter 'learning_rate'"),
     (["--hparams", "lr", "--init", "ent_coef=0.1"], "'ent_coef' is not one of the --hparams"),
     (["--ray-address", "127.0.0.1:1"], "--ray-address 127.0.0.1:1 cannot be reached"),
+    (["--league", "player_1"], "--league player_1 needs --policies"),
+    (["--members", "1"], "--members must be at least 2"),
 ])
 def test_bad_input_is_one_line_before_ray_starts(tmp_path, capsys, args, words):
     run_dir = tmp_path / "pop"

@@ -22,7 +22,6 @@ import math
 import os
 import shutil
 import socket
-import sys
 import tempfile
 import warnings
 from dataclasses import dataclass, replace
@@ -32,6 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from marl import envs
 from marl.algos import ALGOS
 from marl.checkpoint import load_checkpoint, save_step_checkpoint
 from marl.config import TrainConfig
@@ -151,10 +151,6 @@ def check_pbt(cfg: TrainConfig, algo_cfg, pbt: PBTConfig) -> tuple[dict, dict, i
     return ranges, init, interval
 
 
-def _initial(init: dict, k: int) -> dict:
-    return {name: values[k % len(values)] for name, values in init.items()}
-
-
 # -- one member (runs in a Ray worker) ---------------------------------------------------------
 def member_index() -> int:
     """This trial's index in the population (Tune's trial ids end in _<index>)."""
@@ -254,8 +250,10 @@ def run_pbt(cfg: TrainConfig, algo_cfg, pbt: PBTConfig) -> dict:
         check(not any(population.iterdir()) or (mine and cfg.overwrite),
               f"--run-dir {population} already holds {'a population' if mine else 'files that are not a marl population'}",
               "pass another --run-dir" + (" or --overwrite to replace it" if mine else ""))
-    make_fn, vec, _ = build(replace(cfg, workers=0, num_envs=1), algo_cfg, torch.device("cpu"))  # the env and algorithm fit
-    vec.close()
+    if cfg.policies:  # the env name (the members build the slots)
+        envs.make_factory(cfg.env, **cfg.env_kwargs)
+    else:  # the env and the algorithm fit
+        build(replace(cfg, workers=0, num_envs=1), algo_cfg, torch.device("cpu"))[1].close()
     import ray
     from ray import tune
     from ray.tune.schedulers import PopulationBasedTraining
