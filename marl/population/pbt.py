@@ -266,7 +266,11 @@ def run_pbt(cfg: TrainConfig, algo_cfg, pbt: PBTConfig) -> dict:
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     if pbt.ray_address:
-        ray.init(address=pbt.ray_address, logging_level="ERROR", log_to_driver=False)
+        try:
+            ray.init(address=pbt.ray_address, logging_level="ERROR", log_to_driver=False)
+        except ConnectionError as err:
+            raise MarlError(f"--ray-address {pbt.ray_address}: {str(err).splitlines()[0]}",
+                            "pass the address `ray start --head` printed (the node's IP, not 127.0.0.1); a cluster with token authentication needs its token in this environment") from None
     else:
         ray.init(num_cpus=pbt.num_cpus or min(pbt.members, os.cpu_count() or 1), include_dashboard=False,
                  logging_level="ERROR", log_to_driver=False, configure_logging=True)
