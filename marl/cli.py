@@ -23,7 +23,7 @@ from marl.config import TrainConfig
 from marl.configio import coerce, field_docs, field_types, from_dict, load_yaml, parse_value, positive, to_plain
 from marl.core.errors import DEBUG_ENV, MarlError
 
-_RUN, _ALGO, _SELF_PLAY = "run.", "algo.", "self_play."
+_RUN, _ALGO, _SELF_PLAY, _PBT = "run.", "algo.", "self_play.", "pbt."
 _training: Path | None = None  # the run directory of the `marl train` in progress
 
 
@@ -87,6 +87,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_train(sub, argv[1:] if argv[:1] == ["train"] else None)
     _add_evaluate(sub)
+    _add_train(sub, argv[1:] if argv[:1] == ["pbt"] else None, pbt=True)
     return top
 
 
@@ -99,7 +100,7 @@ def _preparse(rest: list[str]) -> argparse.Namespace:
     return pre.parse_known_args(rest)[0]
 
 
-def _add_train(sub, rest: list[str] | None) -> None:
+def _add_train(sub, rest: list[str] | None, pbt: bool = False) -> None:
     from marl.algos import ALGOS  # importing registers the built-in algorithms
 
     known = _preparse(rest or [])
@@ -117,8 +118,12 @@ def _add_train(sub, rest: list[str] | None) -> None:
                   f"its {base_run['algo']} hyperparameters are not used", file=sys.stderr)
         base_algo = {}
 
-    p = sub.add_parser("train", help="train an algorithm on an environment", formatter_class=_Formatter,
-                       allow_abbrev=False, description=_train_description(ALGOS), epilog=_env_help())
+    if pbt:
+        p = sub.add_parser("pbt", help="population-based training of K members on Ray (local or --ray-address)",
+                           formatter_class=_Formatter, allow_abbrev=False, description=_PBT_DESCRIPTION, epilog=_env_help())
+    else:
+        p = sub.add_parser("train", help="train an algorithm on an environment", formatter_class=_Formatter,
+                           allow_abbrev=False, description=_train_description(ALGOS), epilog=_env_help())
     p.add_argument("--config", metavar="YAML", help="load a saved config.yaml (run + algorithm); flags override it "
                                                     "(with --resume the run's own config.yaml is the base; see --resume)")
     run_group = p.add_argument_group("run options (TrainConfig)")
@@ -137,8 +142,12 @@ def _add_train(sub, rest: list[str] | None) -> None:
     else:
         p.add_argument_group(f"{algo} hyperparameters", f"'{algo}' is not registered; pass --algo NAME --help")
     base_self_play = dict((load_yaml(config_file) or {}).get("self_play") or {}) if config_file else {}
-    p.set_defaults(func=_cmd_train, _entry=entry, _base_run=base_run, _base_algo=base_algo, _from_config=bool(known.config),
-                   _base_self_play=base_self_play)
+    if pbt:
+        from marl.population.pbt import PBTConfig
+
+        _add_fields(p.add_argument_group("population-based training (PBTConfig)"), PBTConfig, PBTConfig(), _PBT, set())
+    p.set_defaults(func=_cmd_pbt if pbt else _cmd_train, _entry=entry, _base_run=base_run, _base_algo=base_algo,
+                   _from_config=bool(known.config), _base_self_play=base_self_play)
 
 
 def load_run_config(path: str) -> tuple[dict, dict]:
@@ -219,8 +228,26 @@ def _add_fields(group, cls: type, defaults: Any, prefix: str, taken: set[str]) -
     return flags
 
 
-def _cmd_train(ns: argparse.Namespace) -> int:
-    global _training
+_PBT_DESCRIPTION = """Population-based training: K members (each a run directory <run-dir>/member_<i>) train in
+parallel on Ray; every --interval env steps the worse members copy the weights and hyperparameters
+of better ones and perturb them. Run options and hyperparameters are those of marl train, e.g.
+  marl pbt --algo ippo --env builtin/identity --steps 20000 --members 4 --interval 2000 \\
+      --hparams "lr=1e-5:1e-2 ent_coef=0:0.05" --run-dir runs/pop"""
+
+
+def _cmd_pbt(ns: argparse.Namespace) -> int:
+    from marl.population.pbt import PBTConfig, format_table, run_pbt
+
+    cfg, algo_cfg, _ = _run_configs(ns)
+    types = field_types(PBTConfig)
+    pbt = PBTConfig(**{k[len(_PBT):]: parse_value(types[k[len(_PBT):]], v, k[len(_PBT):]) for k, v in vars(ns).items() if k.startswith(_PBT)})
+    result = run_pbt(cfg, algo_cfg, pbt)
+    print(format_table(result, list(result["members"][0])[3:]))
+    return 0
+
+
+def _run_configs(ns: argparse.Namespace):
+    """(TrainConfig, algorithm config, run fields the call sets) from the parsed flags."""
     from marl.algos import ALGOS
 
     given = vars(ns)
@@ -240,12 +267,18 @@ def _cmd_train(ns: argparse.Namespace) -> int:
     algo_cfg = entry.make_config(**overrides)
     cfg = dataclasses.replace(cfg, device=check_device(cfg.device))
     positive("steps", cfg.steps)
-    from marl.train import run_dir_for, train
-
-    self_play = _self_play_config(ns, cfg)
-    _training = run_dir_for(cfg)
     # on --resume, what the resuming call sets: the flags, and a --config file's values
     set_fields = {k[len(_RUN):] for k in given if k.startswith(_RUN)} | (set(ns._base_run) if ns._from_config else set())
+    return cfg, algo_cfg, set_fields
+
+
+def _cmd_train(ns: argparse.Namespace) -> int:
+    global _training
+    from marl.train import run_dir_for, train
+
+    cfg, algo_cfg, set_fields = _run_configs(ns)
+    self_play = _self_play_config(ns, cfg)
+    _training = run_dir_for(cfg)
     if self_play.self_play:
         from marl.population.selfplay import train_self_play
 

@@ -401,6 +401,7 @@ class OnPolicyLearner(torch.nn.Module):
 
     def load_extra_state(self, state: dict) -> None:
         self.opt.load_state_dict(state["opt"])
+        self.opt.lr = self.cfg.lr  # the config's lr (a resume may change it); annealing recomputes it before each update
         self.gen.set_state(state["gen"])
 
 

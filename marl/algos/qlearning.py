@@ -395,6 +395,7 @@ class QLearner(nn.Module):
 
     def load_extra_state(self, state: dict) -> None:
         self.opt.load_state_dict(state["opt"])
+        self.opt.lr = self.cfg.lr  # the config's lr: a resume (or a PBT exploit) may change it
         self.act_gen.set_state(state["act_gen"])
         self.sample_gen.set_state(state["sample_gen"])
         self.env_steps, self.grad_steps = int(state["env_steps"]), int(state["grad_steps"])
