@@ -107,13 +107,6 @@ class FlakyInEvaluation(Identity):
 
 
 # ----------------------------------------------------------------------------- helpers
-@pytest.fixture(autouse=True)
-def _keep_torch_threads():
-    threads = torch.get_num_threads()  # the trainer sets torch_threads for the whole process
-    yield
-    torch.set_num_threads(threads)
-
-
 def train(run_dir: Path, *extra: str) -> int:
     return main(["train", *SMALL, "--run-dir", str(run_dir), *extra])
 

@@ -16,13 +16,6 @@ from marl.core.vec import VecEnv
 from marl.train import train
 
 
-@pytest.fixture(autouse=True)
-def _keep_torch_threads():
-    threads = torch.get_num_threads()  # the trainer sets torch_threads for the whole process
-    yield
-    torch.set_num_threads(threads)
-
-
 def _random_case(seed=0, n=3, a=4):
     g = torch.Generator().manual_seed(seed)
     q = torch.randn(5, n, a, generator=g, dtype=torch.float64) * 10

@@ -31,13 +31,6 @@ OFF_ALGOS = ["maddpg", "matd3", "isac", "masac"]
 TARGET_KW = dict(rollout_len=4, updates_per_step=0.5, batch_size=128, learning_starts=256)
 
 
-@pytest.fixture(autouse=True)
-def _keep_torch_threads():
-    threads = torch.get_num_threads()  # the trainer sets torch_threads for the whole process
-    yield
-    torch.set_num_threads(threads)
-
-
 def _run(tmp_path, name="run", **kw):
     algo_kw = kw.pop("algo_kw", {})
     cfg = TrainConfig(run_dir=str(tmp_path / name), **{**FAST, **kw})

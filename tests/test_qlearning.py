@@ -27,13 +27,6 @@ FAST = dict(wandb="disabled", progress=False, eval_episodes=8, num_envs=8)
 VALUE_ALGOS = ["idqn", "vdn", "qmix", "qtran"]
 
 
-@pytest.fixture(autouse=True)
-def _keep_torch_threads():
-    threads = torch.get_num_threads()  # the trainer sets torch_threads for the whole process
-    yield
-    torch.set_num_threads(threads)
-
-
 def _run(tmp_path, name="run", **kw):
     algo_kw = kw.pop("algo_kw", {})
     cfg = TrainConfig(run_dir=str(tmp_path / name), **{**FAST, **kw})
