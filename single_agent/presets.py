@@ -40,14 +40,14 @@ false for the plain form. Monte-Carlo returns (gae_lambda 1) of the episodes wit
 an episode the rollout end cuts bootstraps from the critic. SB3 has no REINFORCE: lr 1e-3 and
 normalised advantages (PyTorch's examples/reinforcement_learning/reinforce.py normalises returns)."""
 
-DQN = {**ONE_AGENT, "mixer": "none", "returns": "nstep", "n_step": 1, "double_q": False, "dueling": False, "lr": 1e-4,
-       "gamma": 0.99, "epsilon_start": 1.0, "epsilon_finish": 0.05, "epsilon_anneal_steps": 20_000, "max_grad_norm": 10.0,
-       "hidden": (64, 64), "target_update_interval_or_tau": 200.0}
-"""SB3 DQN defaults: lr 1e-4, one-step targets, no double Q (--double-q true), 64-64 ReLU,
-max_grad_norm 10, epsilon 1 -> 0.05 over 10% of training (20k of TrainConfig's 200k steps),
-target network copied every 10k env steps. On the episode replay of marl.algos.qlearning, so
-batch_size and buffer_size count episodes and the replay ratio is that learner's (one gradient
-step per 50 env steps, where SB3 takes one per 4): 10k env steps are 200 gradient steps."""
+DQN = {**ONE_AGENT, "mixer": "none", "replay": "transitions", "returns": "nstep", "n_step": 1, "double_q": False, "dueling": False,
+       "lr": 1e-4, "gamma": 0.99, "batch_size": 32, "buffer_size": 1_000_000, "learning_starts": 100, "rollout_len": 1,
+       "env_steps_per_update": 4.0, "target_update_interval_or_tau": 2500.0, "epsilon_start": 1.0, "epsilon_finish": 0.05,
+       "epsilon_anneal_steps": 20_000, "max_grad_norm": 10.0, "hidden": (64, 64)}
+"""SB3 DQN defaults: a transition replay of 1e6, batches of 32, learning_starts 100, one gradient step
+per 4 env steps (train_freq 4), the target network copied every 10k env steps (2500 gradient steps),
+lr 1e-4, one-step targets, no double Q (--double-q true), 64-64 ReLU, max_grad_norm 10, epsilon
+1 -> 0.05 over 10% of training (20k of TrainConfig's 200k steps)."""
 
 OFF_POLICY = {**ONE_AGENT, "critic": "local", "updates_per_step": 1.0, "batch_size": 256, "buffer_size": 1_000_000,
               "learning_starts": 100, "random_steps": 100, "tau": 0.005, "gamma": 0.99}

@@ -369,15 +369,19 @@ def test_help_lists_every_hyperparameter_with_its_docstring(algo, capsys):
         assert f"--{name.replace('_', '-')} " in out and " ".join(doc.split()[:4]) in flat, name
 
 
-def test_turn_based_games_are_refused_with_one_line(tmp_path, capsys):
+@pytest.mark.parametrize("algo, extra, fix", [
+    ("isac", [], "ippo"),
+    ("idqn", ["--replay", "transitions", "--returns", "nstep"], "--replay episodes"),
+])
+def test_turn_based_games_are_refused_with_one_line(tmp_path, capsys, algo, extra, fix):
     """One-step transitions cannot carry a move's reward to the mover's next decision."""
     capsys.readouterr()
     with pytest.raises(SystemExit) as info:
-        main([*CLI, "--run-dir", str(tmp_path / "run"), "--algo", "isac", "--env", "pettingzoo.classic/tictactoe_v3",
-              "--learning-starts", "8", "--batch-size", "8", "--rollout-len", "4"])
+        main([*CLI, "--run-dir", str(tmp_path / "run"), "--algo", algo, "--env", "pettingzoo.classic/tictactoe_v3",
+              "--learning-starts", "8", "--batch-size", "8", "--rollout-len", "4", *extra])
     assert info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "turn-based" in err[0] and "ippo" in err[0], err
+    assert len(err) == 1 and "turn-based" in err[0] and fix in err[0], err
 
 
 def test_matd3_delays_actor_and_target_updates_and_soft_updates_by_tau():

@@ -2,6 +2,7 @@
 algorithm, known answers, masks, truncation vs termination by hand, exact resume, bad input."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -12,7 +13,7 @@ from marl.algos import ALGOS
 from marl.algos.mixers import MIXERS, Mixer
 from marl.algos.qlearning import QLearner, epsilon_at
 from marl.algos.targets import greedy_next_values
-from marl.algos.replay import EpisodeReplay
+from marl.algos.replay import EpisodeReplay, two_row_episodes
 from marl.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from marl.cli import main
 from marl.config import TrainConfig
@@ -255,6 +256,41 @@ def test_termination_does_not_bootstrap():
     torch.testing.assert_close(y, r + 0.5 * 4.0 * torch.tensor([1.0, 1.0, 0.0]))
 
 
+@pytest.mark.parametrize("algo, env, env_kwargs, kw", [
+    ("idqn", "builtin/identity", {"masked": True, "n_actions": 4, "episode_len": 3}, {}),  # per agent, truncation, masks
+    ("vdn", "builtin/matrix_additive", {"episode_len": 3}, {}),  # team, termination, steps inside an episode
+    ("vdn", "builtin/identity", {"n_actions": 4, "episode_len": 2}, {"reward": "sum"}),  # team, truncation, two episodes an env
+])
+def test_the_transition_replay_gives_the_episode_replays_one_step_targets(algo, env, env_kwargs, kw):
+    """The same collected steps stored as episodes and as transitions (`replay='transitions'`, each
+    sampled transition read as a two-row episode): equal one-step targets, step by step; the episode
+    form's targets are the hand values of the two tests above."""
+    T, E = 4, 2
+    vec, episodes = _learner(algo, env, env_kwargs, **kw)
+    transitions = QLearner(dataclasses.replace(episodes.cfg, replay="transitions"), vec.spec, torch.device("cpu"), seed=0)
+    for learner in (episodes, transitions):
+        _constant_q(learner.net, [0.0, 5.0, 0.0, 1.0][: vec.spec.n_actions])
+        _constant_q(learner.target_net, [1.0, 2.0, 3.0, 4.0][: vec.spec.n_actions])
+    batch, _ = Collector(vec, episodes, torch.device("cpu")).collect(T)
+    vec.close()
+    for learner in (episodes, transitions):
+        learner.update({k: v.clone() for k, v in batch.items()})
+    assert len(transitions.replay) == T * E
+
+    def targets(learner, sample):
+        return learner.head.loss(learner.target_head, learner._context(sample), learner._targets)["target"]
+
+    L = env_kwargs["episode_len"]
+    rows = two_row_episodes({k: v[: T * E] for k, v in transitions.replay.storage.items()})
+    y = targets(transitions, rows).reshape(T, E, -1)  # step-major rows: [T, E, per-step values]
+    from_transitions = [y[start: start + L, e].flatten().tolist() for e in range(E) for start in range(0, T - L + 1, L)]
+    sample = episodes.replay.sample(len(episodes.replay), episodes.sample_gen)  # every complete episode, once
+    y = targets(episodes, sample)
+    from_episodes = [y[i, :L].flatten().tolist() for i in range(len(episodes.replay))]
+    assert (sample["filled"].sum(1) == L + 1).all() and len(from_episodes) == E * (T // L)
+    torch.testing.assert_close(torch.tensor(sorted(from_transitions)), torch.tensor(sorted(from_episodes)))
+
+
 def test_q_lambda_cuts_the_trace_after_a_non_greedy_joint_action():
     """VDN on builtin/matrix_additive repeated 3 steps (terminates), Q(lambda) with lambda 0.5,
     gamma 0.5, epsilon 1 (random actions). The online net's greedy action is 1 for both agents,
@@ -385,6 +421,11 @@ def _fails(capsys, tmp_path, argv, *expected):
      ["buffer_size (8 episodes) is smaller than batch_size (16 episodes)", "--buffer-size"]),
     (["--algo", "idqn", "--env", "builtin/identity", "--epsilon-start", "1.5"], ["epsilon_start must lie in [0, 1]", "--epsilon-start"]),
     (["--algo", "idqn", "--env", "builtin/identity", "--epsilon-finish", "-0.1"], ["epsilon_finish must lie in [0, 1]"]),
+    (["--algo", "idqn", "--env", "builtin/identity", "--replay", "transitions"],
+     ["a transition replay gives one-step targets, not returns='q_lambda'", "--returns nstep --n-step 1"]),
+    (["--algo", "dqn", "--env", "gym/CartPole-v1", "--recurrent", "true"], ["recurrent agents", "--replay episodes"]),
+    (["--algo", "dqn", "--env", "gym/CartPole-v1", "--buffer-size", "8"],
+     ["buffer_size (8 transitions) is smaller than batch_size (32 transitions)"]),
 ])
 def test_bad_configuration_exits_2_before_the_run_starts(capsys, tmp_path, argv, expected):
     _fails(capsys, tmp_path, argv, *expected)

@@ -206,12 +206,14 @@ def test_dqn_dueling_head_splits_value_and_advantages():
     assert torch.allclose(q[..., 1] - q[..., 0], raw[..., 2] - raw[..., 1], atol=1e-6)
 
 
-# rl-baselines3-zoo's CartPole-v1 DQN tuning (hyperparams/dqn.yml: lr 2.3e-3, 256-256, target copied once per
-# training burst, epsilon to 0.04 over 16% of 1e5 steps, half a gradient step per env step) for the episode replay
-DQN_CARTPOLE = {"lr": 2.3e-3, "hidden": (256, 256), "batch_size": 4, "updates_per_collect": 25, "target_update_interval_or_tau": 25,
-                "epsilon_anneal_steps": 16_000, "epsilon_finish": 0.04, "learning_starts": 8}
-"""8 envs x 25 steps per collect, 25 gradient steps on 4 episodes each (about the zoo's 32 sampled
-transitions per env step), the target network copied after each collect's burst."""
+# rl-baselines3-zoo's CartPole-v1 DQN tuning (hyperparams/dqn.yml), written as our flags
+DQN_CARTPOLE = {"lr": 2.3e-3, "hidden": (256, 256), "batch_size": 64, "buffer_size": 100_000, "learning_starts": 1000,
+                "rollout_len": 32, "env_steps_per_update": 2.0, "target_update_interval_or_tau": 128.0,
+                "epsilon_anneal_steps": 16_000, "epsilon_finish": 0.04}
+"""zoo: lr 2.3e-3, 256-256, batch 64, buffer 1e5, learning_starts 1000, train_freq 256 with gradient_steps 128
+(8 envs x 32 steps per collect, one gradient step per 2 env steps), the target copied once per burst
+of 128 gradient steps (target_update_interval 10 env steps lands once between bursts), epsilon to 0.04
+over 16% of 1e5 steps."""
 
 
 @pytest.mark.slow

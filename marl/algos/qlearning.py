@@ -1,4 +1,4 @@
-"""Value-based family on an episode replay: IDQN, VDN, QMIX (mixer none|vdn|qmix) and QTRAN.
+"""Value-based family on a replay: IDQN, VDN, QMIX (mixer none|vdn|qmix), QTRAN, and DQN as its one-agent case.
 
 One learner; the variants are config values (`mixer`). How it fits the trainer: every
 `update(batch)` receives the rollout segment the collector just gathered ([T, E] tensors
@@ -8,6 +8,11 @@ them in an `EpisodeReplay` on the replay device, then takes `updates_per_collect
 steps, each on `batch_size` episodes sampled from the replay. The trainer, collector and
 checkpointing are the same as for the on-policy family; the replay, the builder's partial
 episodes, the epsilon counter and the generators are part of the checkpoint (extra_state).
+
+`replay='transitions'` keeps one-step transitions instead (marl.algos.transitions: no padding to
+the longest episode, sampling cost independent of episode length), for feed-forward agents with
+one-step targets; a sampled transition is read as a two-row episode (`two_row_episodes`), so
+the value heads and the target math below are the same for both replays.
 
 Episode layout in the replay (L + 1 rows for L steps): `marl.algos.replay`.
 
@@ -34,21 +39,16 @@ from marl.algos import qtran  # noqa: F401  (registers the "qtran" mixer)
 from marl.algos.mixers import MIXERS
 from marl.algos.optim import OPTIMISERS, clip_grad_norm, flatten
 from marl.algos.registry import ALGOS, AlgoEntry
-from marl.algos.replay import STEP_KEYS, EpisodeBuilder, EpisodeReplay, episode_rows, segment_steps
+from marl.algos.replay import STEP_KEYS, EpisodeBuilder, EpisodeReplay, episode_rows, segment_steps, two_row_episodes, with_acting
 from marl.algos.returns import RunningNorm, decisions, masked_mean, per_agent_rewards, rewards_differ, scalar_team_reward
 from marl.algos.targets import greedy_next_values, masked_argmax, nstep_targets, own_decision_targets, td_lambda_targets
+from marl.algos.transitions import TransitionReplay, transition_rows
 from marl.core.errors import MarlError, check
 from marl.core.policies import device_generator, frozen_copy
 from marl.core.spec import EnvSpec
 from marl.nets.dists import categorical_sample, mask_logits
 from marl.nets.models import AgentNet, unroll, with_agent_id
 from marl.nets.sharing import resolve_groups
-
-ENV_STEPS_PER_UPDATE = 50
-"""Default replay ratio (updates_per_collect=0): one gradient step per this many env steps.
-One per 100 learned simple_spread worse; EPyMARL's one per 25 takes twice the gradient
-steps (figures: BENCHMARKS.md, "Why these defaults")."""
-
 
 @dataclass(frozen=True)
 class QConfig:
@@ -58,13 +58,19 @@ class QConfig:
     rollout_len: int = 25
     """Steps collected from every env per update call (25 = one MPE episode per env)."""
     updates_per_collect: int = 0
-    """Gradient steps per update call, each on `batch_size` episodes from the replay; 0 = one per 50 env steps collected (8 for 16 envs x 25 steps)."""
+    """Gradient steps per update call, each on `batch_size` samples from the replay; 0 = one per `env_steps_per_update` env steps collected."""
+    env_steps_per_update: float = 50.0
+    """Replay ratio when updates_per_collect is 0: env steps collected per gradient step (50: 8 steps for 16 envs x 25 steps;
+    one per 100 learned simple_spread worse and EPyMARL's one per 25 takes twice the steps, BENCHMARKS.md "Why these defaults")."""
+    replay: Literal["episodes", "transitions"] = "episodes"
+    """Replay kind: 'episodes' (whole episodes padded to the longest: recurrent agents, n-step / TD(lambda) / Q(lambda) targets,
+    turn-based games) or 'transitions' (one-step transitions: feed-forward agents, --returns nstep --n-step 1)."""
     batch_size: int = 32
-    """Episodes per gradient step."""
+    """Samples per gradient step: episodes, or transitions with replay='transitions'."""
     buffer_size: int = 5000
-    """Replay capacity in episodes (the oldest are overwritten)."""
+    """Replay capacity in episodes, or transitions with replay='transitions' (the oldest are overwritten)."""
     learning_starts: int = 32
-    """Episodes the replay must hold before gradient steps start (at least batch_size)."""
+    """Episodes (or transitions) the replay must hold before gradient steps start (at least batch_size)."""
     lr: float = 5e-4
     """Learning rate."""
     optimiser: Literal["adam", "rmsprop"] = "adam"
@@ -136,11 +142,19 @@ class QConfig:
         check(self.mixer in MIXERS, f"mixer must be one of {', '.join(MIXERS)}, got {self.mixer!r}", f"pass --mixer {' or '.join(MIXERS)}")
         check(self.updates_per_collect >= 0, f"updates_per_collect must be >= 0, got {self.updates_per_collect}",
               "pass --updates-per-collect 0 (one per 50 env steps) or more")
-        for name in ("lr", "rollout_len", "batch_size", "buffer_size", "n_step", "hidden"):
+        check(self.replay in ("episodes", "transitions"), f"replay must be episodes or transitions, got {self.replay!r}",
+              "pass --replay episodes or --replay transitions")
+        if self.replay == "transitions":
+            check(not self.recurrent, "recurrent agents are unrolled over whole episodes, and a transition replay holds single steps",
+                  "pass --replay episodes or --recurrent false")
+            check(self.returns == "nstep" and self.n_step == 1,
+                  f"a transition replay gives one-step targets, not returns={self.returns!r} with n_step {self.n_step}",
+                  "pass --returns nstep --n-step 1, or --replay episodes")
+        for name in ("lr", "rollout_len", "batch_size", "buffer_size", "n_step", "hidden", "env_steps_per_update"):
             value = getattr(self, name)
             ok = all(int(v) > 0 for v in value) if name == "hidden" else value > 0
             check(ok, f"{name} must be positive, got {value}", f"pass a positive --{name.replace('_', '-')}")
-        check(self.buffer_size >= self.batch_size, f"buffer_size ({self.buffer_size} episodes) is smaller than batch_size ({self.batch_size} episodes)",
+        check(self.buffer_size >= self.batch_size, f"buffer_size ({self.buffer_size} {self.replay}) is smaller than batch_size ({self.batch_size} {self.replay})",
               "raise --buffer-size or lower --batch-size")
         check(self.learning_starts >= 0, f"learning_starts must be >= 0, got {self.learning_starts}", "pass --learning-starts 0 or more")
         for name in ("epsilon_start", "epsilon_finish", "gamma", "td_lambda"):
@@ -245,8 +259,14 @@ class QLearner(nn.Module):
                   "alive": ((n,), torch.bool), "acting": ((n,), torch.bool), "actions": ((n,), torch.long),
                   "reward": ((n,), torch.float32), "terminated": ((n,), torch.bool), "truncated": ((n,), torch.bool),
                   "next_acting": ((n,), torch.bool)}
-        self.replay = EpisodeReplay(cfg.buffer_size, None, fields, device=cfg.replay_device or device, batch_size=cfg.batch_size)
+        replay_device = cfg.replay_device or device
+        if cfg.replay == "transitions":
+            fields.update({"next_obs": fields["obs"], "next_state": fields["state"], "next_avail": fields["avail"], "done": ((), torch.bool)})
+            self.replay = TransitionReplay(cfg.buffer_size, fields, replay_device, cfg.batch_size)
+        else:
+            self.replay = EpisodeReplay(cfg.buffer_size, None, fields, device=replay_device, batch_size=cfg.batch_size)
         self.builder: EpisodeBuilder | None = None  # built at the first segment (its number of envs)
+        self.credit = 0.0  # fractional gradient steps owed (env_steps_per_update)
         # the acting part, over the same network (kept out of the module tree: the checkpoint keys stay the learner's)
         self.__dict__["pi"] = QPolicy(self.net, cfg.agent_id, self.act_gen)
 
@@ -279,16 +299,28 @@ class QLearner(nn.Module):
             raise MarlError(f"mixer '{cfg.mixer}' learns one team reward but the agents of env '{self.spec.name}' get different rewards",
                             "pass --reward sum or --reward mean")
         self.env_steps += T * E
-        if self.builder is None:
-            self.builder = EpisodeBuilder(E, STEP_KEYS)
-        for ep in self.builder.add(segment_steps(b)):
-            self.replay.add(episode_rows(ep))
-        out = {"train/epsilon": self.epsilon, "train/buffer_episodes": len(self.replay)}
+        if cfg.replay == "transitions":
+            if bool((b["alive"] & ~b["acting"]).any()):
+                raise MarlError(f"{self.spec.name or 'this env'} has agents in the episode that do not act at every step (a turn-based game), "
+                                "and a transition replay holds one env step", "pass --replay episodes (transitions run to each agent's next decision)")
+            self.replay.add(transition_rows(b, self.replay.fields))
+        else:
+            if self.builder is None:
+                self.builder = EpisodeBuilder(E, STEP_KEYS)
+            for ep in self.builder.add(segment_steps(b)):
+                self.replay.add(episode_rows(ep))
+        out = {"train/epsilon": self.epsilon, f"train/buffer_{cfg.replay}": len(self.replay)}
         if len(self.replay) < max(cfg.learning_starts, cfg.batch_size):
             return out
+        self.credit += T * E / cfg.env_steps_per_update
+        owed, self.credit = int(self.credit), self.credit - int(self.credit)
+        if not (cfg.updates_per_collect or owed):
+            return out
         stats: dict[str, list[Tensor]] = {}
-        for _ in range(cfg.updates_per_collect or max(1, round(T * E / ENV_STEPS_PER_UPDATE))):
+        for _ in range(cfg.updates_per_collect or owed):
             sample = {k: v.to(self.device, non_blocking=True) for k, v in self.replay.sample(cfg.batch_size, self.sample_gen).items()}
+            if cfg.replay == "transitions":
+                sample = two_row_episodes(sample)
             for k, v in self._train_step(sample).items():
                 stats.setdefault(k, []).append(v)
         means = torch.stack([torch.stack(v).mean() for v in stats.values()]).tolist()  # one device sync
@@ -347,6 +379,8 @@ class QLearner(nn.Module):
             c["decisions"] = decisions(acting, ended | last.unsqueeze(-1), dim=1)
         else:  # one team episode: it terminates at its last step unless an agent was truncated there
             last = filled - torch.cat([filled[:, 1:], torch.zeros_like(filled[:, :1])], dim=1)
+            if "done" in s:  # two-row episodes of a transition replay: the env's episode ends where it said so
+                last = s["done"][:, :-1].to(filled.dtype)
             c["filled"] = filled
             c["terminated"] = last * (~trunc.any(-1)).to(filled.dtype)
             c["reward"] = scalar_team_reward(reward, s["alive"][:, :-1], cfg.reward)
@@ -389,7 +423,7 @@ class QLearner(nn.Module):
     def extra_state(self) -> dict:
         """Optimiser, generators, counters, the builder's partial episodes and the replay."""
         return {"opt": self.opt.state_dict(), "act_gen": self.act_gen.get_state(), "sample_gen": self.sample_gen.get_state(),
-                "env_steps": self.env_steps, "grad_steps": self.grad_steps,
+                "env_steps": self.env_steps, "grad_steps": self.grad_steps, "credit": self.credit,
                 "builder": None if self.builder is None else {"num_envs": self.builder.num_envs, **self.builder.state_dict()},
                 "replay": self.replay.state_dict()}
 
@@ -398,34 +432,14 @@ class QLearner(nn.Module):
         self.opt.lr = self.cfg.lr  # the config's lr: a resume (or a PBT exploit) may change it
         self.act_gen.set_state(state["act_gen"])
         self.sample_gen.set_state(state["sample_gen"])
-        self.env_steps, self.grad_steps = int(state["env_steps"]), int(state["grad_steps"])
+        self.env_steps, self.grad_steps, self.credit = int(state["env_steps"]), int(state["grad_steps"]), float(state.get("credit", 0.0))
         builder, replay = state["builder"], state["replay"]
         if "next_alive" in replay["fields"]:  # saved without an acting mask: parallel envs, where it is alive
-            builder, replay = _with_acting(builder), _with_acting(replay)
+            builder, replay = with_acting(builder), with_acting(replay)
         if builder is not None:
             self.builder = EpisodeBuilder(builder["num_envs"], STEP_KEYS)
             self.builder.load_state_dict(builder)
         self.replay.load_state_dict(replay)
-
-
-def _with_acting(state: dict | None) -> dict | None:
-    """A replay or builder state saved with `next_alive` and no `acting`, with `acting` = `alive`
-    and `next_acting` = `next_alive` (the same masks in parallel envs)."""
-    if state is None:
-        return None
-
-    def fix(d: dict) -> dict:
-        d = {("next_acting" if k == "next_alive" else k): v for k, v in d.items()}
-        d["acting"] = d["alive"]
-        return d
-
-    out = dict(state)
-    for key in ("fields", "storage"):
-        if key in out:
-            out[key] = fix(out[key])
-    if "partial" in out:
-        out["partial"] = [None if p is None else fix(p) for p in out["partial"]]
-    return out
 
 
 def _entry(mixer: str, summary: str, **preset) -> AlgoEntry:
