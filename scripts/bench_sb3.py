@@ -1,8 +1,11 @@
 #!/usr/bin/env python
 """Benchmark: our single-agent algorithms against Stable-Baselines3 on the same gymnasium env,
-with the same env-step budget, each side's default hyperparameters (ours: the presets of
-marl.single_agent and TrainConfig's run defaults, e.g. 16 envs; SB3: its class defaults, one
-env), the same seeds.
+with the same env-step budget and the same seeds, under one of two tunings:
+
+  --tuning default  each side's defaults (ours: the presets of marl.single_agent and
+                    TrainConfig's run defaults, e.g. 16 envs; SB3: its class defaults, one env);
+  --tuning zoo      rl-baselines3-zoo's per-env tuning on both sides (SB3: the zoo's values
+                    below; ours: marl.single_agent.presets.ZOO, the same values as our fields).
 
 Both sides evaluate the greedy (deterministic) policy on `--eval-episodes` episodes every
 `--eval-every` env steps, in the training process (ours with --workers 0; SB3 in a callback),
@@ -11,7 +14,7 @@ training to the first evaluation at or above the threshold (evaluation included)
 steps at that point, and the final greedy return; then the mean over seeds and the ratio of
 SB3's time to ours. Torch uses one thread on both sides.
 
-  python scripts/bench_sb3.py [--algos ppo,dqn,sac] [--seeds 1,2,3] [--out bench-results/sb3.json]
+  python scripts/bench_sb3.py [--algos ppo,dqn,sac] [--seeds 1,2,3] [--tuning default|zoo] [--out bench-results/sb3.json]
 
 Needs `pip install 'marl[bench]'` (stable-baselines3, never imported by marl itself).
 """
@@ -37,24 +40,45 @@ TASKS = {"ppo": ("CartPole-v1", 100_000, 475.0), "dqn": ("CartPole-v1", 100_000,
          "sac": ("Pendulum-v1", 20_000, -200.0), "td3": ("Pendulum-v1", 20_000, -200.0), "ddpg": ("Pendulum-v1", 20_000, -200.0)}
 
 
-def run_ours(algo: str, env_id: str, steps: int, seed: int, eval_every: int, episodes: int, workdir: Path) -> list[tuple[int, float, float]]:
+
+def _linear(start: float):
+    """SB3 schedule: `start` falling linearly to 0 over training (the zoo's lin_<start>)."""
+    return lambda progress_remaining: progress_remaining * start
+
+
+# rl-baselines3-zoo (hyperparams/{ppo,dqn,sac}.yml): n_envs and the model's keyword arguments
+SB3_ZOO = {
+    ("ppo", "CartPole-v1"): (8, dict(n_steps=32, batch_size=256, gae_lambda=0.8, gamma=0.98, n_epochs=20, ent_coef=0.0,
+                                     learning_rate=_linear(1e-3), clip_range=_linear(0.2))),
+    ("dqn", "CartPole-v1"): (1, dict(learning_rate=2.3e-3, batch_size=64, buffer_size=100_000, learning_starts=1000, gamma=0.99,
+                                     target_update_interval=10, train_freq=256, gradient_steps=128, exploration_fraction=0.16,
+                                     exploration_final_eps=0.04, policy_kwargs=dict(net_arch=[256, 256]))),
+    ("sac", "Pendulum-v1"): (1, dict(learning_rate=1e-3)),
+}
+
+
+def run_ours(algo: str, env_id: str, steps: int, seed: int, eval_every: int, episodes: int, workdir: Path,
+             tuning: str) -> list[tuple[int, float, float]]:
     """(env step, seconds since training started, greedy return) at every evaluation."""
     from marl.algos import ALGOS
     from marl.config import TrainConfig
+    from marl.single_agent.presets import zoo
     from marl.train import train
 
+    num_envs, values = zoo(algo, env_id) if tuning == "zoo" else (TrainConfig.num_envs, {})
     run_dir = workdir / f"ours-{algo}-s{seed}"
-    cfg = TrainConfig(algo=algo, env=f"gym/{env_id}", steps=steps, seed=seed, workers=0, eval_interval=eval_every,
+    cfg = TrainConfig(algo=algo, env=f"gym/{env_id}", steps=steps, seed=seed, num_envs=num_envs, workers=0, eval_interval=eval_every,
                       eval_episodes=episodes, run_dir=str(run_dir), wandb="disabled", progress=False, log_interval=eval_every,
                       checkpoint_interval=steps, torch_threads=1)
-    train(cfg, ALGOS.get(algo).make_config())
+    train(cfg, ALGOS.get(algo).make_config(**values))
     rows = [json.loads(line) for line in open(run_dir / "metrics.jsonl")]
     return [(r["step"], r["time_s"], r["eval/return_mean"]) for r in rows if "eval/return_mean" in r]
 
 
-def run_sb3(algo: str, env_id: str, steps: int, seed: int, eval_every: int, episodes: int) -> list[tuple[int, float, float]]:
+def run_sb3(algo: str, env_id: str, steps: int, seed: int, eval_every: int, episodes: int, tuning: str) -> list[tuple[int, float, float]]:
     import stable_baselines3 as sb3
     from stable_baselines3.common.callbacks import BaseCallback
+    from stable_baselines3.common.env_util import make_vec_env
 
     eval_env = gymnasium.make(env_id)
     evals: list[tuple[int, float, float]] = []
@@ -89,7 +113,9 @@ def run_sb3(algo: str, env_id: str, steps: int, seed: int, eval_every: int, epis
             if evals[-1][0] != self.num_timesteps:
                 self._eval()
 
-    model = getattr(sb3, algo.upper())("MlpPolicy", gymnasium.make(env_id), seed=seed, device="cpu", verbose=0)
+    n_envs, kwargs = SB3_ZOO[(algo, env_id)] if tuning == "zoo" else (1, {})
+    env = make_vec_env(env_id, n_envs=n_envs, seed=seed) if n_envs > 1 else gymnasium.make(env_id)
+    model = getattr(sb3, algo.upper())("MlpPolicy", env, seed=seed, device="cpu", verbose=0, **kwargs)
     model.learn(total_timesteps=steps, callback=Every())
     return evals
 
@@ -107,6 +133,7 @@ def main() -> None:
     p.add_argument("--eval-every", type=int, default=5000, help="env steps between greedy evaluations (both sides)")
     p.add_argument("--eval-episodes", type=int, default=10)
     p.add_argument("--steps", type=int, default=0, help="override every budget (a quick check; 0 = the budgets above)")
+    p.add_argument("--tuning", choices=("default", "zoo"), default="default", help="each side's defaults, or the zoo's tuning on both")
     p.add_argument("--out", default="", help="write every evaluation of every run as JSON here")
     args = p.parse_args()
     torch.set_num_threads(1)
@@ -116,15 +143,15 @@ def main() -> None:
     results: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
         for algo in args.algos.split(","):
-            if algo not in ALGOS or algo not in TASKS:
-                print(f"note: {algo} is not a registered single-agent algorithm of this marl; left out", file=sys.stderr)
+            if algo not in ALGOS or algo not in TASKS or (args.tuning == "zoo" and (algo, TASKS[algo][0]) not in SB3_ZOO):
+                print(f"note: {algo} has no task (or no {args.tuning} tuning) in this benchmark; left out", file=sys.stderr)
                 continue
             env_id, steps, threshold = TASKS[algo]
             steps = args.steps or steps
             for seed in seeds:
                 for side in ("ours", "sb3"):
-                    evals = run_ours(algo, env_id, steps, seed, args.eval_every, args.eval_episodes, Path(tmp)) if side == "ours" \
-                        else run_sb3(algo, env_id, steps, seed, args.eval_every, args.eval_episodes)
+                    evals = run_ours(algo, env_id, steps, seed, args.eval_every, args.eval_episodes, Path(tmp), args.tuning) \
+                        if side == "ours" else run_sb3(algo, env_id, steps, seed, args.eval_every, args.eval_episodes, args.tuning)
                     results[(algo, side, seed)] = summarise(evals, threshold)
                     r = results[(algo, side, seed)]
                     print(f"{algo} {env_id} {side} seed {seed}: threshold {threshold} at {r['seconds_to_threshold']} s "

@@ -69,6 +69,33 @@ SAC = {**OFF_POLICY, "actor_lr": 3e-4, "critic_lr": 3e-4, "alpha_lr": 3e-4, "hid
 """SB3 SAC defaults: lr 3e-4 (actor, critics, temperature), 256-256 networks, twin critics, the
 temperature learned from 1.0 (ent_coef 'auto') towards the target entropy -dim(A)."""
 
+ZOO: dict[tuple[str, str], dict] = {
+    ("ppo", "CartPole-v1"): {"num_envs": 8, "rollout_len": 32, "minibatches": 1, "epochs": 20, "gae_lambda": 0.8, "gamma": 0.98,
+                             "lr": 1e-3, "lr_anneal_steps": 100_000},
+    ("dqn", "CartPole-v1"): {"num_envs": 8, "rollout_len": 32, "lr": 2.3e-3, "hidden": (256, 256), "batch_size": 64,
+                             "buffer_size": 100_000, "learning_starts": 1000, "env_steps_per_update": 2.0,
+                             "target_update_interval_or_tau": 128.0, "epsilon_anneal_steps": 16_000, "epsilon_finish": 0.04},
+    ("ddpg", "Pendulum-v1"): {"num_envs": 1, "gamma": 0.98, "buffer_size": 200_000, "learning_starts": 10_000,
+                              "random_steps": 10_000, "noise_std": 0.1},
+    ("td3", "Pendulum-v1"): {"num_envs": 1, "gamma": 0.98, "buffer_size": 200_000, "learning_starts": 10_000,
+                             "random_steps": 10_000, "noise_std": 0.1},
+    ("sac", "Pendulum-v1"): {"num_envs": 1, "actor_lr": 1e-3, "critic_lr": 1e-3, "alpha_lr": 1e-3},
+}
+"""rl-baselines3-zoo's per-env tunings (hyperparams/{ppo,dqn,ddpg,td3,sac}.yml) as our values, `num_envs`
+(a run setting) included. PPO: n_envs 8, n_steps 32, one minibatch of 256, 20 epochs, gae_lambda 0.8,
+gamma 0.98, lr linear from 1e-3 (the zoo's clip-range anneal has no value here). DQN: lr 2.3e-3, 256-256,
+batch 64, buffer 1e5, learning_starts 1000, train_freq 256 with gradient_steps 128 (8 envs x 32 steps a
+collect, a gradient step per 2 env steps), the target copied once per burst of 128 gradient steps (its
+target_update_interval of 10 env steps lands once between bursts), epsilon to 0.04 over 16% of 1e5 steps.
+DDPG/TD3: gamma 0.98, buffer 2e5, 10k random steps first, Gaussian noise 0.1. SAC: lr 1e-3."""
+
+
+def zoo(algo: str, env_id: str) -> tuple[int, dict]:
+    """(num_envs, config overrides) of the zoo's tuning of `algo` on gymnasium env `env_id`."""
+    values = dict(ZOO[(algo, env_id)])
+    return values.pop("num_envs"), values
+
+
 SINGLE_AGENT = {
     "ppo": (AlgoEntry(OnPolicyConfig, OnPolicyLearner, PPO, "PPO, one agent (Schulman et al. 2017; SB3 defaults)", multi_agent="ippo")),
     "a2c": (AlgoEntry(OnPolicyConfig, OnPolicyLearner, A2C, "advantage actor-critic, one agent (Mnih et al. 2016; SB3 defaults)",

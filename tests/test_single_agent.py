@@ -18,6 +18,7 @@ from marl.config import TrainConfig
 from marl.core.rollout import Collector
 from marl.core.vec import VecEnv
 from marl.single_agent import SINGLE_AGENT
+from marl.single_agent.presets import zoo
 from marl.train import train
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -159,13 +160,6 @@ def test_a2c_balances_cartpole(tmp_path, seed):
     assert _greedy_return(tmp_path, "a2c", "gym/CartPole-v1", {}, 100_000, seed=seed) >= 150
 
 
-# rl-baselines3-zoo's CartPole-v1 tunings (hyperparams/ppo.yml, dqn.yml), written as our flags
-PPO_CARTPOLE = {"rollout_len": 32, "minibatches": 1, "epochs": 20, "gae_lambda": 0.8, "gamma": 0.98, "lr": 1e-3,
-                "lr_anneal_steps": 100_000}
-"""zoo: n_envs 8, n_steps 32, batch_size 256 (one minibatch), n_epochs 20, gae_lambda 0.8, gamma 0.98,
-ent_coef 0, lr linear from 1e-3 (clip_range's linear anneal has no flag here)."""
-
-
 def _greedy_returns(tmp_path, algo: str, env: str, steps: int, every: int, seed: int, num_envs: int, **kw) -> list[float]:
     """The greedy return (32 episodes) of every evaluation, every `every` env steps."""
     import json
@@ -184,7 +178,8 @@ def test_ppo_balances_cartpole(tmp_path, seed):
     """The greedy return reaches >= 475 within 100k env steps (zoo: 500 at 1e5); measured: 500 at
     20k for seeds 1-3, and 500, 347, 500 at 100k (without the zoo's clip-range anneal the greedy
     policy can slip late). Command: python -m pytest tests/test_single_agent.py -m slow -k ppo_balances"""
-    returns = _greedy_returns(tmp_path, "ppo", "gym/CartPole-v1", 100_000, 10_000, seed, 8, **PPO_CARTPOLE)
+    num_envs, tuning = zoo("ppo", "CartPole-v1")
+    returns = _greedy_returns(tmp_path, "ppo", "gym/CartPole-v1", 100_000, 10_000, seed, num_envs, **tuning)
     assert max(returns) >= 475 and returns[-1] >= 200, returns
 
 
@@ -206,37 +201,21 @@ def test_dqn_dueling_head_splits_value_and_advantages():
     assert torch.allclose(q[..., 1] - q[..., 0], raw[..., 2] - raw[..., 1], atol=1e-6)
 
 
-# rl-baselines3-zoo's CartPole-v1 DQN tuning (hyperparams/dqn.yml), written as our flags
-DQN_CARTPOLE = {"lr": 2.3e-3, "hidden": (256, 256), "batch_size": 64, "buffer_size": 100_000, "learning_starts": 1000,
-                "rollout_len": 32, "env_steps_per_update": 2.0, "target_update_interval_or_tau": 128.0,
-                "epsilon_anneal_steps": 16_000, "epsilon_finish": 0.04}
-"""zoo: lr 2.3e-3, 256-256, batch 64, buffer 1e5, learning_starts 1000, train_freq 256 with gradient_steps 128
-(8 envs x 32 steps per collect, one gradient step per 2 env steps), the target copied once per burst
-of 128 gradient steps (target_update_interval 10 env steps lands once between bursts), epsilon to 0.04
-over 16% of 1e5 steps."""
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_dqn_balances_cartpole(tmp_path, seed):
     """The greedy return reaches >= 475 within 100k env steps (zoo: 500 at 5e4); measured on seed 1:
     500 at 60k. Command: python -m pytest tests/test_single_agent.py -m slow -k dqn_balances"""
-    returns = _greedy_returns(tmp_path, "dqn", "gym/CartPole-v1", 100_000, 10_000, seed, 8, **DQN_CARTPOLE)
+    num_envs, tuning = zoo("dqn", "CartPole-v1")
+    returns = _greedy_returns(tmp_path, "dqn", "gym/CartPole-v1", 100_000, 10_000, seed, num_envs, **tuning)
     assert max(returns) >= 475, returns
-
-
-# rl-baselines3-zoo's Pendulum-v1 tunings (hyperparams/{ddpg,td3,sac}.yml, 20k steps, one env), as our flags
-PENDULUM = {
-    "ddpg": {"gamma": 0.98, "buffer_size": 200_000, "learning_starts": 10_000, "random_steps": 10_000, "noise_std": 0.1},
-    "td3": {"gamma": 0.98, "buffer_size": 200_000, "learning_starts": 10_000, "random_steps": 10_000, "noise_std": 0.1},
-    "sac": {"actor_lr": 1e-3, "critic_lr": 1e-3, "alpha_lr": 1e-3},
-}
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [1, 2, 3])
-@pytest.mark.parametrize("algo", sorted(PENDULUM))
+@pytest.mark.parametrize("algo", ["ddpg", "sac", "td3"])
 def test_off_policy_actor_critics_swing_up_pendulum(tmp_path, algo, seed):
     """Greedy return >= -200 after 20k env steps (zoo at 20k: TD3 -152, DDPG -152, SAC -157).
     Command: python -m pytest tests/test_single_agent.py -m slow -k pendulum"""
-    assert _greedy_return(tmp_path, algo, "gym/Pendulum-v1", {}, 20_000, seed=seed, num_envs=1, **PENDULUM[algo]) >= -200
+    num_envs, tuning = zoo(algo, "Pendulum-v1")
+    assert _greedy_return(tmp_path, algo, "gym/Pendulum-v1", {}, 20_000, seed=seed, num_envs=num_envs, **tuning) >= -200
