@@ -123,12 +123,37 @@ def _pettingzoo(module: str, **kwargs: Any) -> ParallelEnv:
     return TurnBasedParallel(mod.env(**kwargs))
 
 
-def _gym(env_id: str, **kwargs: Any) -> ParallelEnv:
+def _gym(env_id: str, wrappers: str | list[str] = (), **kwargs: Any) -> ParallelEnv:
+    """gymnasium.make(env_id, **kwargs) as one agent, inside the `gymnasium.wrappers` named by
+    `wrappers`, innermost first: "NormalizeObservation+FrameStackObservation:4" (`+` between
+    wrappers, `:` before each positional argument) or a list of such names."""
     import gymnasium
 
     from marl.envs.adapters import GymParallel
 
-    return GymParallel(gymnasium.make(env_id, **kwargs))
+    env = gymnasium.make(env_id, **kwargs)
+    for name, args in gym_wrappers(wrappers):
+        env = getattr(gymnasium.wrappers, name)(env, *args)
+    return GymParallel(env)
+
+
+def gym_wrappers(wrappers: str | list[str]) -> list[tuple[str, list[Any]]]:
+    """(class name in gymnasium.wrappers, positional arguments) for each wrapper of `wrappers`
+    (see `_gym`); an unknown name is a one-line MarlError with the close matches."""
+    import gymnasium
+    import yaml
+
+    known = [n for n in dir(gymnasium.wrappers) if isinstance(getattr(gymnasium.wrappers, n), type)
+             and issubclass(getattr(gymnasium.wrappers, n), gymnasium.Wrapper)]
+    out = []
+    for item in wrappers.split("+") if isinstance(wrappers, str) else wrappers:
+        name, *args = str(item).strip().split(":")
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
+            raise MarlError(f"unknown gymnasium wrapper '{name}'", f"{'did you mean ' + ', '.join(close) + '? ' if close else ''}"
+                            "pass --env-kwargs wrappers=Name+Name:arg with classes of gymnasium.wrappers")
+        out.append((name, [yaml.safe_load(a) for a in args]))
+    return out
 
 
 def _lbforaging(env_id: str, **kwargs: Any) -> ParallelEnv:
@@ -251,4 +276,4 @@ def _check_target(target: str, name: str) -> str:
     return target
 
 
-__all__ = ["ENV_FORMS", "make", "make_factory", "names", "register"]
+__all__ = ["ENV_FORMS", "gym_wrappers", "make", "make_factory", "names", "register"]

@@ -191,6 +191,24 @@ def test_gym_adapter_keeps_truncation():
     assert len(steps) == 4 and steps[-1][3] == {"agent_0": True} and steps[-1][2] == {"agent_0": False}
 
 
+def test_gymnasium_wrappers_by_name():
+    """wrappers="A+B:arg": gymnasium's own wrapper classes, innermost first, with positional arguments;
+    an unknown name is a one-line error naming the close match."""
+    import gymnasium
+
+    env = envs.make("gym/CartPole-v1", wrappers="NormalizeObservation+FrameStackObservation:4", max_episode_steps=20)
+    assert isinstance(env.env, gymnasium.wrappers.FrameStackObservation)
+    assert isinstance(env.env.env, gymnasium.wrappers.NormalizeObservation)
+    assert EnvSpec.from_env(env).obs_dim == 16  # 4 frames of 4
+    steps = rollout(env, 0, lambda a, o, i, t: t % 2)
+    assert len(steps) == 20 and steps[-1][3] == {"agent_0": True}  # the time limit still truncates
+    obs, _ = env.reset(seed=1)
+    assert obs["agent_0"].shape == (4, 4) and abs(float(obs["agent_0"][-1].mean())) < 5  # normalised, stacked
+    assert envs.gym_wrappers(["ClipReward:-1:1"]) == [("ClipReward", [-1, 1])]
+    with pytest.raises(MarlError, match="unknown gymnasium wrapper 'FrameStack'.*FrameStackObservation"):
+        envs.make("gym/CartPole-v1", wrappers="FrameStack:4")
+
+
 def test_lbforaging_adapter():
     pytest.importorskip("lbforaging")
     env = envs.make("lbforaging/Foraging-8x8-2p-3f-v3")
