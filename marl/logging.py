@@ -219,13 +219,17 @@ class RunLogger:
             self._last_print, self._printed_once = now, True
 
     # ------------------------------------------------------------------ public
+    def elapsed(self) -> float:
+        """Seconds of the run so far (across resumes): what a row logged now would hold as time_s."""
+        return round(self._time_offset + time.monotonic() - self._t0, 3)
+
     def log(self, step: int, metrics: dict[str, Any]) -> None:
         """Append one event to metrics.jsonl, update the console, forward to W&B."""
         if self._file is None:
             raise RuntimeError("RunLogger.log called after close()")
         self.step = int(step)
         metrics = {str(k): _plain(v) for k, v in metrics.items()}
-        record = {"step": self.step, "time_s": round(self._time_offset + time.monotonic() - self._t0, 3), **metrics}
+        record = {"step": self.step, "time_s": self.elapsed(), **metrics}
         line = json.dumps(record, default=str) + "\n"
         try:
             self._file.write(line)

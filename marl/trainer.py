@@ -146,6 +146,7 @@ class Trainer:
         self.window: list[EpisodeStats] = list(ckpt.get("window", []))
         self._t_start, self._steps_at_start, self._train_time = time.perf_counter(), self.step_count, 0.0
         self.final: dict = {}
+        self._eval_started: dict[int, float] = {}  # env step of an evaluation in flight -> run seconds when it started
         if self.evals is not None and (self.step_count == 0 or ckpt.get("eval_pending")):
             self.evaluate()
 
@@ -277,6 +278,8 @@ class Trainer:
         the loop, so that the rows of metrics.jsonl do not depend on how long one took."""
         for at, eps in self.evals.results() if self.evals is not None else ():
             row = self._episode_metrics("eval", eps)
+            if at in self._eval_started:  # when the evaluated policy was taken (time_s is when the row is written)
+                row["perf/eval_policy_time_s"] = self._eval_started.pop(at)
             for extra in self._callbacks("on_evaluate", at, eps):
                 row.update(extra or {})
             self.final = row
@@ -286,6 +289,7 @@ class Trainer:
         """Start a greedy evaluation of the current policies (logged by `log_evals`)."""
         self.log_evals()  # at most one in flight
         seed = self.cfg.seed + EVAL_SEED_OFFSET
+        self._eval_started[self.step_count] = self.logger.elapsed()
         self.evals.start(self.step_count, self._eval_policy(seed=seed))
         self.last["eval"] = self.step_count
         if any(hasattr(cb, "on_evaluate") for cb in self.callbacks):

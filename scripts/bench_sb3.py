@@ -72,7 +72,8 @@ def run_ours(algo: str, env_id: str, steps: int, seed: int, eval_every: int, epi
                       checkpoint_interval=steps, torch_threads=1)
     train(cfg, ALGOS.get(algo).make_config(**values))
     rows = [json.loads(line) for line in open(run_dir / "metrics.jsonl")]
-    return [(r["step"], r["time_s"], r["eval/return_mean"]) for r in rows if "eval/return_mean" in r]
+    # the run's seconds when the evaluated policy was taken (SB3's side: when its callback starts an evaluation)
+    return [(r["step"], r["perf/eval_policy_time_s"], r["eval/return_mean"]) for r in rows if "eval/return_mean" in r]
 
 
 def run_sb3(algo: str, env_id: str, steps: int, seed: int, eval_every: int, episodes: int, tuning: str) -> list[tuple[int, float, float]]:
@@ -123,7 +124,7 @@ def run_sb3(algo: str, env_id: str, steps: int, seed: int, eval_every: int, epis
 def summarise(evals: list[tuple[int, float, float]], threshold: float) -> dict:
     hit = next(((step, t) for step, t, ret in evals if ret >= threshold), None)
     return {"steps_to_threshold": hit[0] if hit else None, "seconds_to_threshold": round(hit[1], 2) if hit else None,
-            "final_return": evals[-1][2], "evals": evals}
+            "seconds_total": round(evals[-1][1], 2), "final_return": evals[-1][2], "evals": evals}
 
 
 def main() -> None:
@@ -156,20 +157,22 @@ def main() -> None:
                     r = results[(algo, side, seed)]
                     print(f"{algo} {env_id} {side} seed {seed}: threshold {threshold} at {r['seconds_to_threshold']} s "
                           f"({r['steps_to_threshold']} steps), final greedy return {r['final_return']:.1f}", flush=True)
-    print("\n| algo | env (budget) | side | s to threshold (mean; runs reaching it) | final greedy return (mean) |\n|---|---|---|---|---|")
+    print("\n| algo | env (budget) | side | s to threshold (mean; runs reaching it) | s for the budget (mean) | final greedy return (mean) |"
+          "\n|---|---|---|---|---|---|")
     for algo in dict.fromkeys(a for a, _, _ in results):
         env_id, steps, threshold = TASKS[algo]
         steps = args.steps or steps
-        means = {}
+        means, totals = {}, {}
         for side in ("ours", "sb3"):
             runs = [results[(algo, side, s)] for s in seeds]
             times = [r["seconds_to_threshold"] for r in runs if r["seconds_to_threshold"] is not None]
             means[side] = statistics.mean(times) if len(times) == len(runs) else None
             shown = f"{statistics.mean(times):.1f}; {len(times)}/{len(runs)}" if times else f"never; 0/{len(runs)}"
-            print(f"| {algo} | {env_id} ({steps}, >= {threshold}) | {side} | {shown} | "
+            totals[side] = statistics.mean(r["seconds_total"] for r in runs)
+            print(f"| {algo} | {env_id} ({steps}, >= {threshold}) | {side} | {shown} | {totals[side]:.1f} | "
                   f"{statistics.mean(r['final_return'] for r in runs):.1f} |")
-        if means["ours"] and means["sb3"]:
-            print(f"| {algo} | | SB3 time / ours | {means['sb3'] / means['ours']:.2f}x | |")
+        shown = f"{means['sb3'] / means['ours']:.2f}x" if means["ours"] and means["sb3"] else "-"
+        print(f"| {algo} | | SB3 time / ours | {shown} | {totals['sb3'] / totals['ours']:.2f}x | |")
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps({f"{a}/{side}/{s}": r for (a, side, s), r in results.items()}, indent=1))

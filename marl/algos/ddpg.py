@@ -113,7 +113,7 @@ class DDPGLearner(ReplayACLearner):
         stats = self.critic_step(q, target, mask)
         if (self.grad_steps + 1) % cfg.policy_delay == 0:
             own, out = self._policy_actions(self.actor, s["obs"], s["avail"], hard=True)
-            q_pi = self.q_values(self.critic, s["obs"], state, joint, own=own)[0].squeeze(-1)
+            q_pi = self.actor_q_values(s["obs"], state, joint, own)[0].squeeze(-1)
             reg = masked_mean(out.square(), s["avail"] & mask.unsqueeze(-1)) if cfg.actor_reg > 0 else q_pi.new_zeros(())
             loss = -masked_mean(q_pi, mask) + cfg.actor_reg * reg
             stats.update(actor=loss.detach(), actor_grad_norm=self.actor_step(loss))

@@ -310,6 +310,16 @@ class ReplayACLearner(nn.Module):
         out = net(x)[0]
         return out.unflatten(-2, (self.n_critics, self.n)).movedim(-3, 0)
 
+    def actor_q_values(self, obs: Tensor, state: Tensor | None, joint: Tensor, own: Tensor) -> Tensor:
+        """`q_values` of the online critics for the actor's loss: the graph carries the gradient
+        through the actions `own` only, not the critics' parameter gradients (about a ninth of
+        a SAC gradient step's arithmetic, which the actor's step would discard)."""
+        self.critic.requires_grad_(False)
+        try:
+            return self.q_values(self.critic, obs, state, joint, own=own)
+        finally:
+            self.critic.requires_grad_(True)
+
     def rewards(self, s: dict) -> Tensor:
         return per_agent_rewards(s["reward"] * s["alive"], self.cfg.reward)
 

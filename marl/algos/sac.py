@@ -111,7 +111,7 @@ class SACLearner(ReplayACLearner):
             target_entropy = cfg.target_entropy_scale * s["avail"].sum(-1).clamp_min(1).float().log()
         else:
             x, logp = self._continuous(s["obs"])
-            q_pi = self.q_values(self.critic, s["obs"], state, joint, own=x).squeeze(-1).min(0).values
+            q_pi = self.actor_q_values(s["obs"], state, joint, x).squeeze(-1).min(0).values
             loss = masked_mean(alpha * logp - q_pi, mask)
             neg_entropy = logp.detach()
             target_entropy = torch.full_like(neg_entropy, -float(self.spec.n_actions))
