@@ -77,21 +77,25 @@ def _learner(algo, env_kw, num_envs=16, seed=0, **kw):
     return vec, learner, Collector(vec, learner, torch.device("cpu"))
 
 
-def test_critic_learns_the_q_table_of_a_three_step_matrix_game():
+@pytest.mark.parametrize("minibatches", [1, 4])
+def test_critic_learns_the_q_table_of_a_three_step_matrix_game(minibatches):
     """builtin/matrix_additive repeated 3 steps (terminates), team reward 'sum' (twice the payoff),
     an actor that does not move (lr 1e-12: uniform policy); maqac's Q critic is the same code. The critic's TD(λ) targets must
     converge to Q(s_k, a) = 2 p(a) + Σ_{j>k} γ^(j-k) 2 E[p], E[p] = 21/9, for every joint action,
     at every step, through rollouts of 2 steps that cut episodes (bootstrapping at their ends).
     The future part is 8.0 at the first step and 4.2 at the second: a missing or wrong bootstrap
-    misses by more than the tolerance, which is the sampling noise of the λ-returns."""
+    misses by more than the tolerance, which is the sampling noise of the λ-returns. With
+    `critic_minibatches` 4 each update takes 4 steps on disjoint quarters of the rollout's rows."""
     gamma = 0.9
     torch.set_num_threads(1)
     vec, learner, col = _learner("coma", {"episode_len": 3}, num_envs=64, rollout_len=2, lr=1e-12, critic_lr=1e-3,
-                                 gamma=gamma, td_lambda=0.5, ent_coef=0.0, target_update_interval=20, critic_steps=1)
+                                 gamma=gamma, td_lambda=0.5, ent_coef=0.0, target_update_interval=20 * minibatches, critic_steps=1,
+                                 critic_minibatches=minibatches)
     for i in range(500):
         learner.critic_opt.lr = 1e-3 if i < 400 else 1e-4  # the last steps average the sampling noise out
         learner.update(col.collect(2)[0])
     vec.close()
+    assert int(learner.critic_updates) == 500 * minibatches
     payoff = 2 * torch.tensor(envs.make("builtin/matrix_additive").payoff)
     mean = payoff.mean()
     a0, a1 = torch.meshgrid(torch.arange(3), torch.arange(3), indexing="ij")

@@ -52,7 +52,9 @@ class ComaConfig:
     reward: Literal["agent", "sum", "mean"] = "sum"
     """Reward each agent learns from: 'sum' or 'mean' (the team's, COMA's common reward) or 'agent' (its own)."""
     critic_steps: int = 1
-    """Critic gradient steps on each rollout (full batch), before the actor's step."""
+    """Critic passes over each rollout before the actor's step; each pass takes critic_minibatches gradient steps."""
+    critic_minibatches: int = 1
+    """Minibatches each critic pass splits the rollout's rows into (1 = one full-batch step a pass)."""
     target_update_interval: int = 100
     """Critic gradient steps between copies of the critic into its target network."""
     ent_coef: float = 0.01
@@ -79,7 +81,7 @@ class ComaConfig:
     continuous = False
 
     def validate(self, spec: EnvSpec, rollout_envs: int) -> None:
-        for name in ("lr", "critic_lr", "rollout_len", "critic_steps", "target_update_interval"):
+        for name in ("lr", "critic_lr", "rollout_len", "critic_steps", "critic_minibatches", "target_update_interval"):
             value = getattr(self, name)
             check(value > 0, f"{name} must be positive, got {value}", f"pass a positive --{name.replace('_', '-')}")
         for name in ("hidden", "critic_hidden"):
@@ -190,18 +192,15 @@ class ComaLearner(torch.nn.Module):
         x = self._critic_in(b["state"], b["obs"], b["actions"], b["acting"])
         target, valid = self._targets(b, x)
         base = self._base_in(b["state"], b["obs"]) if cfg.advantage == "q_minus_v" else None
+        rows = {"x": x, "actions": b["actions"], "target": target, "valid": valid, **({"base": base} if base is not None else {})}
+        rows = {k: v.flatten(0, 1) for k, v in rows.items()}  # [T * E, N, ...]: the critic reads one step at a time
         for _ in range(cfg.critic_steps):
-            q_loss = masked_mean((taken(self.critic(x)[0], b["actions"]) - target) ** 2, valid)
-            loss = q_loss
-            if base is not None:
-                loss = loss + masked_mean((self.value(base)[0].squeeze(-1) - target) ** 2, valid)
-            self.critic_opt.zero_grad()
-            loss.backward()
-            critic_norm = clip_grad_norm(self.critic_params, cfg.max_grad_norm)
-            self.critic_opt.step()
-            self.critic_updates += 1
-            if int(self.critic_updates) % cfg.target_update_interval == 0:
-                self.target_critic.load_state_dict(self.critic.state_dict())
+            if cfg.critic_minibatches == 1:
+                q_loss, critic_norm = self._critic_step(rows)
+                continue
+            order = torch.randperm(len(rows["x"]), generator=self.gen, device=self.gen.device).to(x.device)
+            for idx in order.chunk(cfg.critic_minibatches):
+                q_loss, critic_norm = self._critic_step({k: v[idx] for k, v in rows.items()})
         with torch.no_grad():
             q = self.critic(x)[0]
             value = self.value(base)[0].squeeze(-1) if base is not None else None
@@ -222,6 +221,23 @@ class ComaLearner(torch.nn.Module):
                              critic_norm.to(q.dtype), actor_norm.to(q.dtype)]).tolist()
         return {f"loss/{k}": v for k, v in zip(("policy", "critic", "entropy", "weight_mean", "critic_grad_norm",
                                                 "grad_norm"), stats)}
+
+    def _critic_step(self, mb: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """One gradient step of the critic (and the state value of 'q_minus_v') towards the TD(λ)
+        targets on the rows `mb`; copies the critic into its target network on schedule."""
+        cfg = self.cfg
+        q_loss = masked_mean((taken(self.critic(mb["x"])[0], mb["actions"]) - mb["target"]) ** 2, mb["valid"])
+        loss = q_loss
+        if "base" in mb:
+            loss = loss + masked_mean((self.value(mb["base"])[0].squeeze(-1) - mb["target"]) ** 2, mb["valid"])
+        self.critic_opt.zero_grad()
+        loss.backward()
+        norm = clip_grad_norm(self.critic_params, cfg.max_grad_norm)
+        self.critic_opt.step()
+        self.critic_updates += 1
+        if int(self.critic_updates) % cfg.target_update_interval == 0:
+            self.target_critic.load_state_dict(self.critic.state_dict())
+        return q_loss, norm
 
     def extra_state(self) -> dict:
         return {"actor_opt": self.actor_opt.state_dict(), "critic_opt": self.critic_opt.state_dict(), "gen": self.gen.get_state()}
