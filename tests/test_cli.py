@@ -170,6 +170,9 @@ def test_short_run_writes_config_metrics_and_checkpoint(run):
     keys = set().union(*records)
     assert {"train/return_mean", "eval/return_mean", "perf/steps_per_s", "loss/policy"} <= keys
     assert steps_of(run, "eval/return_mean") == [0, 256, 512]
+    evals = [r for r in records if "eval/return_mean" in r]  # when the evaluated policy was taken: at or before the row
+    assert all(0 <= r["perf/eval_policy_time_s"] <= r["time_s"] for r in evals)
+    assert [r["perf/eval_policy_time_s"] for r in evals] == sorted(r["perf/eval_policy_time_s"] for r in evals)
     assert steps_of(run, "train/return_mean")[-1] == 512
     ckpt = load_checkpoint(run)
     assert ckpt["step"] == 512 and ckpt["updates"] == 8 and ckpt["config"]["train"]["steps"] == 512

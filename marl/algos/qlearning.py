@@ -141,7 +141,7 @@ class QConfig:
     def validate(self, spec: EnvSpec, rollout_envs: int) -> None:
         check(self.mixer in MIXERS, f"mixer must be one of {', '.join(MIXERS)}, got {self.mixer!r}", f"pass --mixer {' or '.join(MIXERS)}")
         check(self.updates_per_collect >= 0, f"updates_per_collect must be >= 0, got {self.updates_per_collect}",
-              "pass --updates-per-collect 0 (one per 50 env steps) or more")
+              "pass --updates-per-collect 0 (one per --env-steps-per-update env steps) or more")
         check(self.replay in ("episodes", "transitions"), f"replay must be episodes or transitions, got {self.replay!r}",
               "pass --replay episodes or --replay transitions")
         if self.replay == "transitions":
@@ -376,7 +376,8 @@ class QLearner(nn.Module):
             c["terminated"] = term
             c["reward"] = per_agent_rewards(reward, cfg.reward)
             last = filled.bool() & ~torch.cat([filled[:, 1:], torch.zeros_like(filled[:, :1])], dim=1).bool()
-            c["decisions"] = decisions(acting, ended | last.unsqueeze(-1), dim=1)
+            if cfg.replay == "episodes":  # a transition is one decision of every agent: nothing to map
+                c["decisions"] = decisions(acting, ended | last.unsqueeze(-1), dim=1)
         else:  # one team episode: it terminates at its last step unless an agent was truncated there
             last = filled - torch.cat([filled[:, 1:], torch.zeros_like(filled[:, :1])], dim=1)
             if "done" in s:  # two-row episodes of a transition replay: the env's episode ends where it said so
