@@ -260,6 +260,7 @@ def test_termination_does_not_bootstrap():
     ("idqn", "builtin/identity", {"masked": True, "n_actions": 4, "episode_len": 3}, {}),  # per agent, truncation, masks
     ("vdn", "builtin/matrix_additive", {"episode_len": 3}, {}),  # team, termination, steps inside an episode
     ("vdn", "builtin/identity", {"n_actions": 4, "episode_len": 2}, {"reward": "sum"}),  # team, truncation, two episodes an env
+    ("idqn", "builtin/identity", {"n_actions": 4, "episode_len": 3}, {"double_q": False}),  # the target net picks and values
 ])
 def test_the_transition_replay_gives_the_episode_replays_one_step_targets(algo, env, env_kwargs, kw):
     """The same collected steps stored as episodes and as transitions (`replay='transitions'`, each

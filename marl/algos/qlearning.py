@@ -353,14 +353,20 @@ class QLearner(nn.Module):
         """Everything a value head needs from a sampled batch of episodes (rows [B, R], steps T = R - 1)."""
         cfg, head = self.cfg, self.head
         x = self._inputs(s["obs"])
-        q = self._unroll(self.net, x)
-        with torch.no_grad():
-            tq = self._unroll(self.target_net, x)
+        if cfg.replay == "transitions":  # two rows: row 0 is learned, row 1 only bootstraps (no pass it does not use)
+            q_now = self.net(x[:, :1])[0]
+            with torch.no_grad():
+                tq_next = self.target_net(x[:, 1:])[0]
+                q_next = self.net(x[:, 1:])[0] if cfg.double_q else tq_next
+        else:
+            q = self._unroll(self.net, x)
+            with torch.no_grad():
+                tq_next = self._unroll(self.target_net, x)[:, 1:]
+            q_now, q_next = q[:, :-1], q[:, 1:].detach()
         avail, acting, actions = s["avail"], s["acting"][:, :-1], s["actions"][:, :-1]
         filled = s["filled"][:, 1:]  # step t is real when row t + 1 is filled
-        q_now = q[:, :-1]
         greedy = masked_argmax(q_now.detach(), avail[:, :-1])
-        next_actions, next_q = greedy_next_values(q[:, 1:].detach(), tq[:, 1:], avail[:, 1:], cfg.double_q)
+        next_actions, next_q = greedy_next_values(q_next, tq_next, avail[:, 1:], cfg.double_q)
         c = {"feats": x, "state": s["state"], "acting": acting, "actions": actions, "greedy": greedy,
              "next_actions": next_actions, "next_q": next_q * s["next_acting"][:, :-1].to(next_q.dtype),
              "q_taken": q_now.gather(-1, actions.unsqueeze(-1)).squeeze(-1),
