@@ -22,7 +22,7 @@ Targets: y_i = r_i + gamma * bootstrap_i * Q'_i(s', a'), where bootstrap_i (`nex
 False after a termination and True after a truncation, whose final observation is kept in the
 replay. Target networks follow the online ones by Polyak averaging (`tau`), one `lerp_` over
 each flat parameter buffer. Transitions are one env step long: turn-based games, where
-an agent's transition runs to its next decision, are refused (one line at the first update).
+an agent's transition runs to its next decision, are refused (one line at the first update, `marl.algos.transitions.one_step_rows`).
 """
 from __future__ import annotations
 
@@ -35,8 +35,8 @@ from torch import Tensor, nn
 
 from marl.algos.optim import adam, clip_grad_norm, flatten
 from marl.algos.returns import masked_mean, per_agent_rewards
-from marl.algos.transitions import TransitionReplay, transition_rows
-from marl.core.errors import MarlError, check
+from marl.algos.transitions import TransitionReplay, one_step_rows
+from marl.core.errors import check
 from marl.core.policies import frozen_copy
 from marl.core.spec import EnvSpec
 from marl.nets.dists import categorical_greedy, categorical_sample, mask_logits
@@ -348,10 +348,8 @@ class ReplayACLearner(nn.Module):
     def update(self, b: dict) -> dict[str, float]:
         cfg = self.cfg
         T, E = b["done"].shape
-        if bool((b["alive"] & ~b["acting"]).any()):  # turn-based: a transition would have to run to the agent's next move
-            raise MarlError(f"{self.spec.name or 'this env'} has agents in the episode that do not act at every step (a turn-based game), "
-                            "and these learners' transitions are one env step long", "use ippo/mappo or idqn (their transitions run to each agent's next decision)")
-        self.replay.add(transition_rows(b, self.replay.fields))
+        self.replay.add(one_step_rows(b, self.replay.fields, self.spec.name,
+                                      "use ippo/mappo or idqn (their transitions run to each agent's next decision)"))
         self.env_steps += T * E
         out = {"train/buffer_transitions": float(len(self.replay))}
         if len(self.replay) < max(cfg.learning_starts, cfg.batch_size):

@@ -42,7 +42,7 @@ from marl.algos.registry import ALGOS, AlgoEntry
 from marl.algos.replay import STEP_KEYS, EpisodeBuilder, EpisodeReplay, episode_rows, segment_steps, two_row_episodes, with_acting
 from marl.algos.returns import RunningNorm, decisions, masked_mean, per_agent_rewards, rewards_differ, scalar_team_reward
 from marl.algos.targets import greedy_next_values, masked_argmax, nstep_targets, own_decision_targets, td_lambda_targets
-from marl.algos.transitions import TransitionReplay, transition_rows
+from marl.algos.transitions import TransitionReplay, one_step_rows
 from marl.core.errors import MarlError, check
 from marl.core.policies import device_generator, frozen_copy
 from marl.core.spec import EnvSpec
@@ -300,10 +300,8 @@ class QLearner(nn.Module):
                             "pass --reward sum or --reward mean")
         self.env_steps += T * E
         if cfg.replay == "transitions":
-            if bool((b["alive"] & ~b["acting"]).any()):
-                raise MarlError(f"{self.spec.name or 'this env'} has agents in the episode that do not act at every step (a turn-based game), "
-                                "and a transition replay holds one env step", "pass --replay episodes (transitions run to each agent's next decision)")
-            self.replay.add(transition_rows(b, self.replay.fields))
+            self.replay.add(one_step_rows(b, self.replay.fields, self.spec.name,
+                                          "pass --replay episodes (transitions run to each agent's next decision)"))
         else:
             if self.builder is None:
                 self.builder = EpisodeBuilder(E, STEP_KEYS)
@@ -386,7 +384,7 @@ class QLearner(nn.Module):
                 c["decisions"] = decisions(acting, ended | last.unsqueeze(-1), dim=1)
         else:  # one team episode: it terminates at its last step unless an agent was truncated there
             last = filled - torch.cat([filled[:, 1:], torch.zeros_like(filled[:, :1])], dim=1)
-            if "done" in s:  # two-row episodes of a transition replay: the env's episode ends where it said so
+            if cfg.replay == "transitions":  # two-row episodes: the env's episode ends where it said so
                 last = s["done"][:, :-1].to(filled.dtype)
             c["filled"] = filled
             c["terminated"] = last * (~trunc.any(-1)).to(filled.dtype)

@@ -37,6 +37,16 @@ def transition_rows(batch: Mapping[str, Tensor], keys) -> dict[str, Tensor]:
     return {k: steps[k].flatten(0, 1) for k in keys}
 
 
+def one_step_rows(batch: Mapping[str, Tensor], keys, env_name: str, fix: str) -> dict[str, Tensor]:
+    """`transition_rows` of a rollout batch whose agents all act at every step they are in the
+    episode; a turn-based game (an agent's transition runs to its next decision, not one env step)
+    is a one-line MarlError with `fix`."""
+    if bool((batch["alive"] & ~batch["acting"]).any()):
+        raise MarlError(f"{env_name or 'this env'} has agents in the episode that do not act at every step (a turn-based game), "
+                        "and a transition replay holds one env step", fix)
+    return transition_rows(batch, keys)
+
+
 class TransitionReplay:
     """Uniform ring buffer of transitions. `fields` maps a name to (per-row shape, dtype)."""
 
