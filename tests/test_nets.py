@@ -12,6 +12,7 @@ from marl.nets import (
     categorical_greedy, categorical_logp, categorical_logp_entropy, categorical_probs, categorical_sample, gaussian_entropy,
     gaussian_logp, gaussian_sample, mask_logits, num_groups, resolve_groups, unroll, with_agent_id,
 )
+from marl.nets.models import stack_nets
 
 N, D, A = 4, 6, 5
 SHARINGS = ["all", "none", [1, 1, 0, 0], [0, 2, 2]]  # ids in any order, with gaps; [0, 2, 2] has 3 agents
@@ -175,6 +176,29 @@ def test_set_net_is_invariant_to_agent_order_and_reads_every_agent(recurrent, pe
     moved[:, 3] += 1.0
     assert ((net(moved, c, h)[0] - out).abs().amax(-1) > 1e-6).all()
     assert ((net(x, c + 1.0, h)[0] - out).abs().amax(-1) > 1e-6).all()
+
+
+@pytest.mark.parametrize("sharing", ["all", [1, 1, 0, 0]])
+@pytest.mark.parametrize("kind", KINDS)
+def test_stacked_nets_compute_each_net_on_its_own_agents(kind, sharing):
+    """stack_nets of 3 nets (different weights, one architecture): one forward over their agents
+    side by side equals each net's own forward on its block, states included."""
+    nets = []
+    for seed in range(3):
+        net = make_net(kind, sharing)
+        with torch.no_grad():
+            for p in net.parameters():
+                p.add_(0.1 * seed * torch.randn_like(p))
+        nets.append(net)
+    stacked = stack_nets(nets)
+    x = torch.randn(5, 3 * N, D)
+    h = torch.randn(5, 3 * N, stacked.hidden_dim)
+    out = run(stacked, x, h if kind == "gru" else None)
+    for m, net in enumerate(nets):
+        rows = slice(m * N, (m + 1) * N)
+        torch.testing.assert_close(out[:, rows], run(net, x[:, rows], h[:, rows] if kind == "gru" else None))
+    with pytest.raises(ValueError, match="one architecture"):
+        stack_nets([nets[0], AgentNet(D, A, (8,), groups=nets[0].groups)])
 
 
 def test_orthogonal_init_per_group():

@@ -82,6 +82,32 @@ def test_pool_policy_keeps_an_opponent_per_env_episode_and_redraws_when_it_ends(
     assert {k: m.calls for k, m in pp.members.items()} == calls
 
 
+def test_pool_snapshots_act_together_each_on_its_own_envs():
+    """Snapshots of an on-policy actor act through one stack: the env of each row gets its own
+    member's move. Snapshot i always plays column i (its output layer says so by a margin no
+    sample overturns); the fixed member "four" keeps its own call."""
+    E = 64
+    spec = VecEnv(envs.make_factory(TTT), 1, seed=0).spec.subset([1])
+    entry = ALGOS.get("ippo")
+    template = entry.learner(entry.make_config(), spec, CPU, 0).policy()
+    pool = OpponentPool(max_size=3, sampling="uniform", seed=0)
+    pool.add_fixed("four", "fixed", source="four")
+    for i in range(3):
+        state = {k: v.clone() for k, v in template.state_dict().items()}
+        state["actor.body.net.6.weight"].zero_()
+        state["actor.body.net.6.bias"] = 100.0 * torch.nn.functional.one_hot(torch.tensor([i]), 9).float()
+        pool.add_snapshot(state, i)
+    four = Constant(4)
+    pp = PoolPolicy(spec, template, {"four": four}, pool, seed=0)
+    inputs = {"obs": torch.randn(E, 1, spec.obs_dim), "avail": torch.ones(E, 1, 9, dtype=torch.bool),
+              "alive": torch.ones(E, 1, dtype=torch.bool), "acting": torch.ones(E, 1, dtype=torch.bool), "state": torch.zeros(E, 1)}
+    actions, _, _ = pp.act(inputs, pp.initial_hidden(E), True)
+    played = {m.id: {"four": 4}.get(m.name, m.step) for m in pool.members}  # snapshot@i plays i
+    assert actions[:, 0].tolist() == [played[int(k)] for k in pp.opp]
+    assert set(pp.opp.tolist()) == set(played) and four.calls == 1
+    assert pp.stack[0] == tuple(sorted(m.id for m in pool.members if m.kind == "snapshot"))
+
+
 def test_pfsp_pool_policy_draws_the_member_the_learner_loses_to():
     E = 400
     pp, spec = _pool_policy(E, sampling="pfsp")

@@ -29,7 +29,7 @@ from marl.nets.dists import (
     mask_logits,
 )
 from marl.core.policies import device_generator, frozen_copy
-from marl.nets.models import AgentNet, SetNet, unroll, with_agent_id
+from marl.nets.models import AgentNet, SetNet, stack_nets, unroll, with_agent_id
 from marl.nets.sharing import resolve_groups
 
 
@@ -153,22 +153,58 @@ class ActorPolicy(torch.nn.Module):
     def act(self, inputs: dict, hidden, explore: bool):
         obs = inputs["obs"]
         out, hidden = self.actor(with_agent_id(obs) if self.agent_id else obs, hidden)
-        extras = {}
         if explore:
             self.gen = device_generator(self.gen, out.device)
-        if self.discrete:
-            logits = mask_logits(out, inputs["avail"])
-            if not explore:
-                return categorical_greedy(logits), hidden, extras
-            action = categorical_sample(logits, self.gen)
-            extras["logp"] = categorical_logp(logits, action)
-            return action, hidden, extras
-        if not explore:
-            return out, hidden, extras
-        log_std = self.group_log_std().expand_as(out)
-        action = gaussian_sample(out, log_std, self.gen)
-        extras["logp"] = gaussian_logp(out, log_std, action)
+        action, extras = _choose(out, None if self.discrete else self.group_log_std(), inputs["avail"], explore, self.gen)
         return action, hidden, extras
+
+    @staticmethod
+    def stack(policies: "list[ActorPolicy]", gen: torch.Generator) -> "ActorStack":
+        """Feed-forward copies of one actor (e.g. an opponent pool's snapshots) as one module
+        that acts for each row with its own copy (`ActorStack.act_members`), sampling with `gen`."""
+        return ActorStack(policies, gen)
+
+
+def _choose(out: torch.Tensor, log_std: torch.Tensor | None, avail: torch.Tensor, explore: bool,
+            gen: torch.Generator) -> tuple[torch.Tensor, dict]:
+    """The action from the actor's output [..., n, out] (masked logits, or a Gaussian's mean
+    with `log_std` [n, A] or [..., n, A]): sampled with its log-prob (explore), else greedy."""
+    if log_std is None:
+        logits = mask_logits(out, avail)
+        if not explore:
+            return categorical_greedy(logits), {}
+        action = categorical_sample(logits, gen)
+        return action, {"logp": categorical_logp(logits, action)}
+    if not explore:
+        return out, {}
+    log_std = log_std.expand_as(out)
+    action = gaussian_sample(out, log_std, gen)
+    return action, {"logp": gaussian_logp(out, log_std, action)}
+
+
+class ActorStack(torch.nn.Module):
+    """M feed-forward `ActorPolicy` copies of one architecture as one module (`stack_nets`):
+    `act_members(inputs, member, explore)` acts for row e with copy member[e]. Every copy runs
+    on every row in one batched pass: M times one copy's arithmetic, one call's overhead."""
+
+    def __init__(self, policies: list[ActorPolicy], gen: torch.Generator):
+        super().__init__()
+        first = policies[0]
+        check(not first.recurrent, "recurrent actors cannot be stacked", "act with each copy on its own rows")
+        self.m, self.discrete, self.agent_id, self.gen = len(policies), first.discrete, first.agent_id, gen
+        self.actor = stack_nets([p.actor for p in policies])
+        self.log_std = None if first.discrete else torch.cat([p.group_log_std() for p in policies])  # [M*n, A]
+
+    @torch.no_grad()
+    def act_members(self, inputs: dict, member: torch.Tensor, explore: bool) -> torch.Tensor:
+        """Actions [R, n] (or [R, n, A]) for inputs of R rows, row r by copy member[r]."""
+        obs = inputs["obs"]
+        rows, n = obs.shape[:2]
+        x = with_agent_id(obs) if self.agent_id else obs
+        x = x.unsqueeze(1).expand(rows, self.m, n, x.shape[-1]).reshape(rows, self.m * n, x.shape[-1])
+        out = self.actor(x)[0].view(rows, self.m, n, -1)[torch.arange(rows, device=obs.device), member]
+        log_std = None if self.log_std is None else self.log_std.view(self.m, n, -1)[member]
+        return _choose(out, log_std, inputs["avail"], explore, self.gen)[0]
 
 
 class OnPolicyLearner(torch.nn.Module):

@@ -102,6 +102,8 @@ class AgentNet(nn.Module):
         self.n_agents, self.recurrent = groups.numel(), recurrent
         self.agent_major = int(groups.max()) > 0
         self.in_dim, self.out_dim = in_dim, out_dim
+        self.register_buffer("groups", groups, persistent=False)
+        self.arch = dict(hidden=hidden, recurrent=recurrent, activation=activation, layer_norm=layer_norm, out_gain=out_gain)
         if not recurrent:
             self.hidden_dim = 0
             self.body = MLP(in_dim, out_dim, hidden, groups=groups, activation=activation,
@@ -144,6 +146,22 @@ class AgentNet(nn.Module):
         if am:
             out, h = from_agent_major(out, lead), from_agent_major(h, lead)
         return out, h
+
+
+def stack_nets(nets: Sequence[AgentNet]) -> AgentNet:
+    """M AgentNets of one architecture (and sharing) as one, their agents side by side: agent
+    i of net m is agent m*N + i of the result, with net m's weights (its groups shifted by m*K).
+    One forward of x[..., M*N, in] computes every net on its own block of agents: a batched
+    op per layer instead of M calls."""
+    first = nets[0]
+    for net in nets[1:]:
+        if net.arch != first.arch or (net.in_dim, net.out_dim) != (first.in_dim, first.out_dim) or not torch.equal(net.groups, first.groups):
+            raise ValueError("stack_nets needs nets of one architecture and sharing")
+    k = int(first.groups.max()) + 1
+    out = AgentNet(first.in_dim, first.out_dim, groups=torch.cat([first.groups + m * k for m in range(len(nets))]), **first.arch)
+    states = [net.state_dict() for net in nets]
+    out.load_state_dict({key: torch.cat([s[key] for s in states]) for key in states[0]})
+    return out.to(first.groups.device)
 
 
 def unroll(step: Callable[..., tuple[torch.Tensor, torch.Tensor | None]], xs: Sequence[torch.Tensor],

@@ -18,7 +18,7 @@ import copy
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -88,6 +88,16 @@ def _fits(name: str, policy: Policy, spec: EnvSpec) -> Policy:
     return policy
 
 
+@runtime_checkable
+class Stackable(Protocol):
+    """A policy class whose feed-forward copies act as one module (e.g.
+    `marl.algos.onpolicy.ActorPolicy`): `stack(copies, gen).act_members(inputs, member,
+    explore)` returns the actions of row r by copy member[r], sampled with `gen`."""
+
+    @staticmethod
+    def stack(policies: list, gen: torch.Generator) -> Any: ...
+
+
 def _generators(policy: Any) -> list[torch.Generator]:
     return [v for _, v in sorted(vars(policy).items()) if isinstance(v, torch.Generator)]
 
@@ -112,8 +122,9 @@ class PoolPolicy:
     when the env's episode ends; the next `act` draws for those envs. Members always sample
     their moves (`explore` is ignored: a greedy snapshot would repeat one game). A feed-forward
     member acts only on the rows of its envs where it moves; a recurrent one at every step of
-    its games, as it was trained. `games[e]` holds the opponents of env e's unfinished
-    episodes, oldest first."""
+    its games, as it was trained. Feed-forward snapshots of a policy class with a `stack`
+    (`Stackable`) act together, in one call per step; other members act once each on their
+    rows. `games[e]` holds the opponents of env e's unfinished episodes, oldest first."""
 
     def __init__(self, spec: EnvSpec, template: Policy, fixed: dict[str, Policy], pool: OpponentPool, seed: int):
         self.spec, self.template, self.fixed, self.pool, self.seed = spec, template, dict(fixed), pool, seed
@@ -122,6 +133,10 @@ class PoolPolicy:
         self.opp = np.full(0, -1, np.int64)
         self.games: list[deque] = []
         self.opp_hidden: dict[int, Any] = {}
+        self.stacks = isinstance(template, Stackable) and template.initial_hidden(1) is None
+        self.stack: tuple[tuple[int, ...], Any] = ((), None)  # (member ids, their stack) of the built snapshots
+        self.gen = torch.Generator()  # the stack's moves
+        self.gen.manual_seed(seed * 1_000_003 + 17)
 
     def member(self, member_id: int) -> Policy:
         if member_id not in self.members:
@@ -163,19 +178,47 @@ class PoolPolicy:
         shape = (E, n) if self.spec.discrete else (E, n, self.spec.n_actions)
         actions = torch.zeros(shape, dtype=torch.long if self.spec.discrete else torch.float32, device=device)
         moves = inputs["acting"].any(-1).cpu().numpy()
-        for k in np.unique(self.opp):
-            h = self.opp_hidden.get(int(k))
+        ids = [int(k) for k in np.unique(self.opp)]
+        stacked = self._stacked(ids)
+        if stacked:
+            rows = np.flatnonzero(np.isin(self.opp, stacked) & moves)
+            if len(rows):
+                snaps, stack = self.stack
+                rows_t = torch.as_tensor(rows, device=device)
+                sub = {key: v.index_select(0, rows_t).cpu() for key, v in inputs.items()}  # members live on the CPU
+                member = torch.as_tensor(np.searchsorted(np.asarray(snaps), self.opp[rows]))
+                actions[rows_t] = stack.act_members(sub, member, True).to(device, actions.dtype)
+        for k in ids:
+            if k in stacked:
+                continue
+            h = self.opp_hidden.get(k)
             rows = np.flatnonzero((self.opp == k) & (moves if h is None else True))
             if not len(rows):
                 continue
             rows_t = torch.as_tensor(rows, device=device)
-            sub = {key: v.index_select(0, rows_t).cpu() for key, v in inputs.items()}  # members live on the CPU
+            sub = {key: v.index_select(0, rows_t).cpu() for key, v in inputs.items()}
             rows_c = rows_t.cpu()
-            a, h_new, _ = self.member(int(k)).act(sub, None if h is None else h[rows_c], True)
+            a, h_new, _ = self.member(k).act(sub, None if h is None else h[rows_c], True)
             if h is not None:
                 h[rows_c] = h_new
             actions[rows_t] = a.to(device, actions.dtype)
         return actions, torch.ones_like(fresh), {}
+
+    def _stacked(self, ids: list[int]) -> list[int]:
+        """Which of the members `ids` act through the stack: the snapshots, when the template
+        stacks. The stack holds every built snapshot and is rebuilt when they change."""
+        if not self.stacks:
+            return []
+        for k in ids:
+            self.member(k)
+        snaps = tuple(sorted(k for k in self.members if self._kind(k) == "snapshot"))
+        if snaps and snaps != self.stack[0]:
+            self.stack = (snaps, type(self.template).stack([self.members[k] for k in snaps], self.gen))
+        return [k for k in ids if k in snaps]
+
+    def _kind(self, member_id: int) -> str:
+        m = self.pool.by_id(member_id) or self.retired.get(member_id)
+        return "" if m is None else m.kind
 
     def finished(self, episodes: list[EpisodeStats]) -> list[int]:
         """The opponent of each finished episode, in order."""
