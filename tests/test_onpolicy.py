@@ -132,6 +132,33 @@ def test_rollout_values_match_a_step_by_step_unroll(algo, recurrent):
     vec.close()
 
 
+def test_steps_where_no_agent_decides_are_left_out_of_the_update():
+    """A rollout with an env in which no agent decides (acting all False, as a slot's agents
+    wait on the other side's moves in turn-based games) updates the learner exactly as the
+    rollout without that env: those steps are dropped before the minibatches are drawn, so
+    the minibatches hold the same steps in the same order."""
+    from marl import envs
+    from marl.core.rollout import Collector
+    from marl.core.vec import VecEnv
+
+    vec = VecEnv(envs.make_factory("mpe2/simple_spread_v3", max_cycles=5), 3, seed=0)
+    entry = ALGOS.get("ippo")
+    make = lambda: torch.manual_seed(0) and entry.learner(entry.make_config(), vec.spec, torch.device("cpu"), seed=1)  # noqa: E731
+    with_idle, without = make(), make()
+    b, _ = Collector(vec, with_idle, torch.device("cpu")).collect(8)
+    b = {k: v.clone() for k, v in b.items()}
+    b["acting"][:, 1] = False
+    b["next_acting"][1] = False
+    keep = torch.tensor([0, 2])
+    without.gen.set_state(with_idle.gen.get_state())  # acting drew from it
+    cut = {k: v.index_select(0 if k.startswith("next_") else 1, keep) for k, v in b.items()}
+    with_idle.update(b)
+    without.update(cut)
+    for p, q in zip(with_idle.parameters(), without.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+    vec.close()
+
+
 @pytest.mark.parametrize("popart", [False, True])
 def test_value_clip_is_centred_on_the_critics_own_output(popart):
     """--value-clip clips the value update around what the critic output before the update

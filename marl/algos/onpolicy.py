@@ -328,19 +328,22 @@ class OnPolicyLearner(torch.nn.Module):
         state after each step (before the reset of an ended episode, whose final observation
         it reads), as an unbroken unroll would."""
         T, E = b["reward"].shape[:2]
-        obs, state = [b["next_obs"], b["final_obs"].flatten(0, 1)], [b["next_state"], b["final_state"].flatten(0, 1)]
+        ended = b["done"].unsqueeze(-1) if self.cfg.team_value else b["terminated"] | b["truncated"]
+        rows = ended.flatten(0, 1).any(-1).nonzero().squeeze(-1)  # the steps whose final observation is read
+        obs = [b["next_obs"], b["final_obs"].flatten(0, 1).index_select(0, rows)]
+        state = [b["next_state"], b["final_state"].flatten(0, 1).index_select(0, rows)]
         if self.cfg.recurrent:
             h = b["critic_hidden"]  # [T, E, N, H]
             last_h = reset_hidden(h[-1], b["done"][-1])  # as the collector did
-            v = self._denormalize(self._value(torch.cat(obs), torch.cat(state), torch.cat([last_h, h.flatten(0, 1)]))[0])
+            v = self._denormalize(self._value(torch.cat(obs), torch.cat(state), torch.cat([last_h, h.flatten(0, 1).index_select(0, rows)]))[0])
             values = b["value"]
         else:
             v = self._denormalize(self._value(torch.cat([b["obs"].flatten(0, 1), *obs]),
                                               torch.cat([b["state"].flatten(0, 1), *state]))[0])
             values = v[:T * E].view(T, E, -1)
-        last, final = v[-(T + 1) * E:].split([E, T * E])
+        last, at_rows = v[-(E + len(rows)):].split([E, len(rows)])
+        final = at_rows.new_zeros(T * E, at_rows.shape[-1]).index_copy_(0, rows, at_rows)
         nxt = torch.cat([values[1:], last.unsqueeze(0)])
-        ended = b["done"].unsqueeze(-1) if self.cfg.team_value else b["terminated"] | b["truncated"]
         return values, torch.where(ended, final.view(T, E, -1), nxt)
 
     def _advantages(self, b: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -390,11 +393,14 @@ class OnPolicyLearner(torch.nn.Module):
         h0 = b.get("hidden0")
         data = {"obs": b["obs"], "state": b["state"], "avail": b["avail"], "actions": b["actions"], "done": b["done"],
                 "weight": mask.to(adv.dtype), "adv": adv, "target": target, "old_v": old_v, "old_logp": b["logp"]}
-        if not cfg.recurrent:  # independent env-steps (agents kept together): flatten [T, E] once
-            data = {k: v.flatten(0, 1) for k, v in data.items()}
+        if not cfg.recurrent:  # independent env-steps (agents kept together): flatten [T, E] once and keep
+            data = {k: v.flatten(0, 1) for k, v in data.items()}  # the steps where an agent learns (in turn-based games
+            live = data["weight"].flatten(1).any(-1)  # a slot's agents wait at every other step)
+            if bool(live.any()) and not bool(live.all()):
+                data = {k: v[live] for k, v in data.items()}
         stats = []
         for _ in range(cfg.epochs):  # minibatches of env-steps, or of whole env sequences when recurrent
-            perm = torch.randperm(E if cfg.recurrent else T * E, generator=self.gen, device=self.device)
+            perm = torch.randperm(E if cfg.recurrent else len(data["adv"]), generator=self.gen, device=self.device)
             for idx in perm.chunk(cfg.minibatches):  # index_select: a quarter of the cost of v[idx] at this size
                 mb = {k: v.index_select(1 if cfg.recurrent else 0, idx) for k, v in data.items()}
                 stats.append(self._step(mb, None if h0 is None else h0.index_select(0, idx)))
