@@ -206,6 +206,8 @@ class PolicyMap:
 
     def episodes_ended(self, done: np.ndarray, episodes: Sequence[EpisodeStats]) -> None:
         """Tag the finished episodes with the policy of each agent, then redraw those envs' seats."""
+        if not episodes:
+            return
         owner = self.owner(self.seats)
         for ep in episodes:
             ep.owner = tuple(owner[ep.env].tolist())
