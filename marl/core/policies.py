@@ -162,6 +162,7 @@ class PolicyMap:
         self.gen = torch.Generator()
         self.gen.manual_seed(seed)
         self.fixed = torch.as_tensor(order)
+        self._cols = torch.repeat_interleave(torch.arange(len(self.policies)), torch.diff(torch.as_tensor(self.offsets)))
         self.seats = self.fixed.expand(num_envs, -1).clone()
         if shuffle:
             self._redraw(torch.ones(num_envs, dtype=torch.bool))
@@ -176,8 +177,7 @@ class PolicyMap:
 
     def owner(self, seats: torch.Tensor) -> torch.Tensor:
         """[..., N] index of the policy controlling each agent, for seats [..., N]."""
-        cols = torch.repeat_interleave(torch.arange(len(self.policies)), torch.diff(torch.as_tensor(self.offsets)))
-        return torch.empty_like(seats).scatter_(-1, seats, cols.expand_as(seats))
+        return torch.empty_like(seats).scatter_(-1, seats, self._cols.expand_as(seats))
 
     def initial_hidden(self, num_envs: int) -> list:
         return [p.initial_hidden(num_envs) for p in self.policies]
@@ -208,9 +208,9 @@ class PolicyMap:
         """Tag the finished episodes with the policy of each agent, then redraw those envs' seats."""
         if not episodes:
             return
-        owner = self.owner(self.seats)
-        for ep in episodes:
-            ep.owner = tuple(owner[ep.env].tolist())
+        ended = [ep.env for ep in episodes]
+        for ep, owner in zip(episodes, self.owner(self.seats[ended]).tolist()):
+            ep.owner = tuple(owner)
         if self.shuffle:
             self._redraw(torch.as_tensor(done, dtype=torch.bool))
 

@@ -134,6 +134,7 @@ class PoolPolicy:
         self.games: list[deque] = []
         self.opp_hidden: dict[int, Any] = {}
         self.stacks = isinstance(template, Stackable) and template.initial_hidden(1) is None
+        self.snapshots: set[int] = set()  # the ids of every snapshot member built so far
         self.stack: tuple[tuple[int, ...], Any] = ((), None)  # (member ids, their stack) of the built snapshots
         self.gen = torch.Generator()  # the stack's moves
         self.gen.manual_seed(seed * 1_000_003 + 17)
@@ -145,6 +146,7 @@ class PoolPolicy:
             if m.kind == "snapshot":
                 policy = copy.deepcopy(self.template)
                 policy.load_state_dict(m.state)
+                self.snapshots.add(member_id)
             else:
                 policy = self.fixed[m.name]
             for k, g in enumerate(_generators(policy)):
@@ -211,14 +213,10 @@ class PoolPolicy:
             return []
         for k in ids:
             self.member(k)
-        snaps = tuple(sorted(k for k in self.members if self._kind(k) == "snapshot"))
+        snaps = tuple(sorted(k for k in self.members if k in self.snapshots))
         if snaps and snaps != self.stack[0]:
             self.stack = (snaps, type(self.template).stack([self.members[k] for k in snaps], self.gen))
-        return [k for k in ids if k in snaps]
-
-    def _kind(self, member_id: int) -> str:
-        m = self.pool.by_id(member_id) or self.retired.get(member_id)
-        return "" if m is None else m.kind
+        return [k for k in ids if k in self.snapshots]
 
     def finished(self, episodes: list[EpisodeStats]) -> list[int]:
         """The opponent of each finished episode, in order."""
