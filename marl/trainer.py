@@ -37,7 +37,7 @@ from marl.checkpoint import kept_checkpoint, save_step_checkpoint
 from marl.config import TrainConfig
 from marl.configio import check_choices, load_yaml, save_yaml, to_dict
 from marl.core.errors import MarlError, check
-from marl.core.policies import PolicyMap, slot_batch
+from marl.core.policies import PolicyMap, fits, slot_batch
 from marl.core.rollout import Collector, evaluate as run_episodes
 from marl.core.vec import EpisodeStats, VecEnv
 from marl.logging import RunLogger, config_group
@@ -206,6 +206,7 @@ class Trainer:
         check(name not in self.learners, f"slot '{name}' is a learner; only a frozen slot's policy can be swapped",
               "give the opponent its own --policies entry (e.g. random) and swap that one")
         k = self.slots.index(name)
+        fits(f"the policy for slot '{name}'", policy, self.pmap.specs[k], self.device)
         self.pmap.policies[k] = policy
         self.collector.hidden[k] = policy.initial_hidden(self.cfg.num_envs)
 

@@ -318,6 +318,25 @@ def test_callbacks_hook_in_and_resume_exactly(tmp_path, policies):
     assert any("train/cb_episodes" in r for r in rows) and full.hooks == {"on_step_start", "on_collect", "on_checkpoint"}
 
 
+def test_set_policy_refuses_a_policy_that_does_not_fit_the_slot(tmp_path):
+    """A swapped-in policy acts once on a dummy batch of the slot first: one for another game's
+    spaces (9 actions where connect four has 7) is refused with one line, and the slot keeps
+    its policy; a fitting one is taken."""
+    from marl.trainer import Trainer
+
+    cfg = TrainConfig(algo="ippo", env="pettingzoo.classic/connect_four_v3", policies="player_0=ippo player_1=random", num_envs=2,
+                      workers=0, steps=64, eval_interval=0, wandb="disabled", progress=False, run_dir=str(tmp_path / "run"))
+    ttt = VecEnv(envs.make_factory("pettingzoo.classic/tictactoe_v3"), 1, seed=0).spec.subset([1])
+    with Trainer(cfg, ALGOS.get("ippo").make_config(rollout_len=8)) as t:
+        before = t.policy("player_1")
+        with pytest.raises(MarlError, match="the policy for slot 'player_1' does not fit this env's spaces") as info:
+            t.set_policy("player_1", ALGOS.get("ippo").learner(ALGOS.get("ippo").make_config(), ttt, CPU).policy())
+        assert "\n" not in str(info.value) and t.policy("player_1") is before
+        fitting = RandomPolicy(t.spec.subset([1]), CPU, seed=5)
+        t.set_policy("player_1", fitting)
+        assert t.policy("player_1") is fitting
+
+
 def first_legal(spec):
     """A `module:factory` policy for --policies: the first available action of each agent."""
     return Recorder(None)

@@ -5,9 +5,10 @@ evaluation). `PolicyMap` says which policy controls which agents: each policy is
 the sub-spec of its agents and acts once per step on its own agents' rows (gathered along
 the agent axis, per env, so seats may differ between envs and be redrawn when an env's
 episode ends). `AgentPolicies` is the simpler map for policies built on the full spec: each
-acts on the whole batch and its actions are kept in the columns of its own agents. `outcomes` counts wins, draws and losses
-per agent from finished episodes (the sign of each agent's return: what a zero-sum game's
-team return, 0 by construction, cannot say).
+acts on the whole batch and its actions are kept in the columns of its own agents. `fits`
+checks that a policy acts in a slot's spaces. `outcomes` counts wins, draws and losses per
+agent from finished episodes (the sign of each agent's return: what a zero-sum game's team
+return, 0 by construction, cannot say).
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from marl.core.errors import MarlError
+from marl.core.errors import MarlError, check, first_line
 from marl.core.rollout import Policy
 from marl.core.spec import EnvSpec
 from marl.core.vec import EpisodeStats
@@ -49,6 +50,28 @@ def frozen_copy(module: torch.nn.Module) -> torch.nn.Module:
     out = copy.deepcopy(module, memo)
     out.eval()
     return out.requires_grad_(False)
+
+
+def fits(what: str, policy: Any, spec: EnvSpec, device: torch.device | str = "cpu") -> Any:
+    """`policy` if one exploring step on an all-legal dummy batch of `spec` (a slot's agents)
+    gives actions [E, n] of legal indices (discrete) or [E, n, A] (continuous); otherwise a
+    one-line MarlError that names `what` (e.g. "pool opponent 'x'")."""
+    e, n = 2, spec.n_agents
+    inputs = {"obs": torch.zeros(e, n, spec.obs_dim, device=device), "state": torch.zeros(e, spec.state_dim, device=device),
+              "avail": torch.ones(e, n, spec.n_actions, dtype=torch.bool, device=device),
+              "alive": torch.ones(e, n, dtype=torch.bool, device=device), "acting": torch.ones(e, n, dtype=torch.bool, device=device)}
+    fix = f"give a policy for env '{spec.name}' (observations of {spec.obs_dim} floats, {spec.n_actions} actions, {n} agents)"
+    try:
+        actions, _, _ = policy.act(inputs, policy.initial_hidden(e), True)
+    except MarlError:
+        raise
+    except Exception as err:  # noqa: BLE001 - a user's policy: its failure is the message
+        raise MarlError(f"{what} does not fit this env's spaces ({type(err).__name__}: {first_line(err)})", fix) from None
+    want = (e, n) if spec.discrete else (e, n, spec.n_actions)
+    ok = tuple(actions.shape) == want and (not spec.discrete or bool(((actions >= 0) & (actions < spec.n_actions)).all()))
+    check(ok, f"{what} does not fit this env's spaces (actions of shape {tuple(actions.shape)}, want {want}"
+              f"{' with values below ' + str(spec.n_actions) if spec.discrete else ''})", fix)
+    return policy
 
 
 class RandomPolicy:

@@ -24,7 +24,8 @@ import numpy as np
 import torch
 
 from marl.configio import load_yaml, save_yaml, to_dict
-from marl.core.errors import MarlError, check, first_line
+from marl.core.errors import MarlError, check
+from marl.core.policies import fits
 from marl.core.rollout import Policy
 from marl.core.spec import EnvSpec
 from marl.core.vec import EpisodeStats, VecEnv
@@ -67,27 +68,6 @@ def check_config(cfg: SelfPlayConfig, spec: EnvSpec) -> None:
 
 
 # ----------------------------------------------------------------------------- opponents
-def _fits(name: str, policy: Policy, spec: EnvSpec) -> Policy:
-    """One exploring step of `policy` on an all-legal dummy batch of its slot: its actions must
-    be [E, n] legal indices (discrete) or [E, n, A] (continuous); a one-line MarlError otherwise."""
-    e, n = 2, spec.n_agents
-    inputs = {"obs": torch.zeros(e, n, spec.obs_dim), "state": torch.zeros(e, spec.state_dim),
-              "avail": torch.ones(e, n, spec.n_actions, dtype=torch.bool), "alive": torch.ones(e, n, dtype=torch.bool),
-              "acting": torch.ones(e, n, dtype=torch.bool)}
-    fix = f"give opponents for env '{spec.name}' (observations of {spec.obs_dim} floats, {spec.n_actions} actions)"
-    try:
-        actions, _, _ = policy.act(inputs, policy.initial_hidden(e), True)
-    except MarlError:
-        raise
-    except Exception as err:  # noqa: BLE001 - a user's policy: its failure is the message
-        raise MarlError(f"pool opponent '{name}' does not fit this env's spaces ({type(err).__name__}: {first_line(err)})", fix) from None
-    want = (e, n) if spec.discrete else (e, n, spec.n_actions)
-    ok = tuple(actions.shape) == want and (not spec.discrete or bool(((actions >= 0) & (actions < spec.n_actions)).all()))
-    check(ok, f"pool opponent '{name}' does not fit this env's spaces (actions of shape {tuple(actions.shape)}, want {want}"
-              f"{' with values below ' + str(spec.n_actions) if spec.discrete else ''})", fix)
-    return policy
-
-
 @runtime_checkable
 class Stackable(Protocol):
     """A policy class whose feed-forward copies act as one module (e.g.
@@ -350,7 +330,7 @@ def fixed_opponent(source: str, spec: EnvSpec, slot: str, seed: int) -> Policy:
     except MarlError as err:
         problem = err.problem.replace(f"--policies {slot}={source}: ", "")
         raise MarlError(f"pool opponent '{source}': {problem}", err.fix) from None
-    return _fits(source, policy, spec)
+    return fits(f"pool opponent '{source}'", policy, spec)
 
 
 def self_play_policies(cfg: SelfPlayConfig, run_cfg, algo_cfg=None) -> tuple[list, SelfPlay]:
