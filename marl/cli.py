@@ -21,7 +21,7 @@ from typing import Any
 
 from marl.config import TrainConfig
 from marl.configio import coerce, field_docs, field_types, from_dict, load_yaml, parse_value, positive, to_plain
-from marl.core.errors import DEBUG_ENV, MarlError
+from marl.core.errors import DEBUG_ENV, MarlError, check
 
 _RUN, _ALGO, _SELF_PLAY, _PBT = "run.", "algo.", "self_play.", "pbt."
 _training: Path | None = None  # the run directory of the `marl train` in progress
@@ -130,8 +130,8 @@ def _add_train(sub, rest: list[str] | None, pbt: bool = False) -> None:
     run_flags = _add_fields(run_group, TrainConfig, TrainConfig(), _RUN, set())
     from marl.population.selfplay import SelfPlayConfig
 
-    sp_group = p.add_argument_group("self-play options (SelfPlayConfig; two-player games)")
-    run_flags |= _add_fields(sp_group, SelfPlayConfig, SelfPlayConfig(), _SELF_PLAY, run_flags)
+    sp_group = p.add_argument_group("self-play options (SelfPlayConfig; two-player games)")  # marl pbt: parsed to refuse them
+    run_flags |= _add_fields(sp_group, SelfPlayConfig, SelfPlayConfig(), _SELF_PLAY, run_flags, hidden=pbt)
     if entry is not None:
         try:
             defaults = entry.make_config()
@@ -202,8 +202,9 @@ def _metavar(tp: Any) -> str:
     return "|".join(table.get(getattr(a, "__name__", ""), "VALUE") for a in getattr(tp, "__args__", ())) or "VALUE"
 
 
-def _add_fields(group, cls: type, defaults: Any, prefix: str, taken: set[str]) -> set[str]:
-    """One flag per dataclass field (kebab-case); a name already taken gets an `--algo-` prefix."""
+def _add_fields(group, cls: type, defaults: Any, prefix: str, taken: set[str], hidden: bool = False) -> set[str]:
+    """One flag per dataclass field (kebab-case); a name already taken gets an `--algo-` prefix;
+    `hidden`: left out of --help."""
     docs, types, flags = field_docs(cls), field_types(cls), set()
     for f in dataclasses.fields(cls):
         if not f.init:
@@ -218,7 +219,8 @@ def _add_fields(group, cls: type, defaults: Any, prefix: str, taken: set[str]) -
             shown = ",".join(map(str, plain)) if isinstance(plain, list) and plain else \
                 plain if isinstance(plain, str) and plain else json.dumps(plain, default=str)
             doc = f"{doc} (default: {shown})".strip()
-        kw: dict[str, Any] = dict(dest=prefix + f.name, default=argparse.SUPPRESS, help=doc.replace("%", "%%"))
+        kw: dict[str, Any] = dict(dest=prefix + f.name, default=argparse.SUPPRESS,
+                                  help=argparse.SUPPRESS if hidden else doc.replace("%", "%%"))
         if tp is bool:
             kw.update(nargs="?", const="true", metavar="BOOL")
         else:
@@ -238,6 +240,9 @@ of better ones and perturb them. Run options and hyperparameters are those of ma
 def _cmd_pbt(ns: argparse.Namespace) -> int:
     from marl.population.pbt import PBTConfig, format_table, run_pbt
 
+    self_play = sorted("--" + k[len(_SELF_PLAY):].replace("_", "-") for k in vars(ns) if k.startswith(_SELF_PLAY))
+    check(not self_play, f"marl pbt does not train self-play members ({', '.join(self_play)})",
+          'for a population whose members play each other, give --policies "player_0=ippo player_1=random" --league player_1')
     cfg, algo_cfg, _ = _run_configs(ns)
     types = field_types(PBTConfig)
     pbt = PBTConfig(**{k[len(_PBT):]: parse_value(types[k[len(_PBT):]], v, k[len(_PBT):]) for k, v in vars(ns).items() if k.startswith(_PBT)})

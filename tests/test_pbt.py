@@ -57,6 +57,7 @@ def test_resume_with_a_new_lr_updates_with_it(tmp_path, algo):
     (["--ray-address", "127.0.0.1:1"], "--ray-address 127.0.0.1:1 cannot be reached"),
     (["--league", "player_1"], "--league player_1 needs --policies"),
     (["--members", "1"], "--members must be at least 2"),
+    (["--self-play", "--pool-size", "3"], "marl pbt does not train self-play members (--pool-size, --self-play)"),
 ])
 def test_bad_input_is_one_line_before_ray_starts(tmp_path, capsys, args, words):
     run_dir = tmp_path / "pop"
