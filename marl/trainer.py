@@ -11,14 +11,8 @@ With `policies` each slot (marl.agentmap) is a learner or a frozen policy built 
 sub-spec of its agents; a `PolicyMap` calls each once per step on its agents' rows, and each
 learner updates from its own agents' rows only (`slot_batch`).
 
-Callbacks are objects with any of these methods (each gets the trainer first):
-`on_step_start(t)`, `on_collect(t, batch, episodes)`, `on_update(t, metrics)` (may add keys to
-the metrics dict; they are logged when this step writes a row), `on_evaluate(t, step, episodes)`
-(a dict it returns is logged in the evaluation's row; with such a callback the trainer waits for
-each evaluation right after starting it, so the callback sees it at the same point of every
-run, resumed or not), `on_log(t, step, row)`, `on_checkpoint(t, payload)`;
-and `state_dict()` / `load_state_dict(state)`, kept in the checkpoint (`payload["callbacks"]`),
-so a resume restores them.
+Callbacks follow `Callback`: objects with any of its hooks, which the trainer calls at its
+stages, and whose state the checkpoints keep.
 """
 from __future__ import annotations
 
@@ -26,7 +20,7 @@ import copy
 import math
 import time
 from dataclasses import replace
-from typing import Any, Sequence
+from typing import Any, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -70,6 +64,39 @@ def slot_metrics(prefix: str, episodes: Sequence[EpisodeStats], names: Sequence[
     return out
 
 
+class Callback(Protocol):
+    """What a trainer callback may define: each hook is optional (the trainer calls the ones an
+    object has, in the order of `callbacks`) and gets the trainer first. Define only the hooks
+    you need, on a class of your own rather than a subclass of this one: having `on_evaluate`
+    changes when evaluations are collected."""
+
+    def on_step_start(self, t: "Trainer") -> None:
+        """Before each iteration's rollout (e.g. swap an opponent with `t.set_policy`)."""
+
+    def on_collect(self, t: "Trainer", batch: dict, episodes: list[EpisodeStats]) -> None:
+        """After the rollout, with its batch and the episodes that ended in it."""
+
+    def on_update(self, t: "Trainer", metrics: dict[str, float]) -> None:
+        """After the learners' updates; keys added to `metrics` are logged when this step writes a row."""
+
+    def on_evaluate(self, t: "Trainer", step: int, episodes: list[EpisodeStats]) -> dict[str, float] | None:
+        """An evaluation of the policies of env step `step`; a returned dict joins its row. With
+        this hook the trainer waits for each evaluation right after starting it, so the hook
+        sees it at the same point of every run, resumed or not."""
+
+    def on_log(self, t: "Trainer", step: int, row: dict[str, float]) -> None:
+        """A training row, before it is written."""
+
+    def on_checkpoint(self, t: "Trainer", payload: dict) -> None:
+        """A checkpoint, before it is saved."""
+
+    def state_dict(self) -> dict:
+        """State kept in every checkpoint (`payload["callbacks"]`)."""
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore `state_dict()` on `--resume`."""
+
+
 class Trainer:
     """One run: `step()` runs one iteration (collect, update, log, evaluate, checkpoint as their
     schedules say); `run()` steps until `cfg.steps` and closes. Attributes an outer loop or a
@@ -83,7 +110,7 @@ class Trainer:
     `algo_cfg.rollout_len` for others: every learner learns from the same rollouts).
     """
 
-    def __init__(self, cfg: TrainConfig, algo_cfg=None, set_fields=None, callbacks: Sequence[Any] = (),
+    def __init__(self, cfg: TrainConfig, algo_cfg=None, set_fields=None, callbacks: Sequence[Callback] = (),
                  policies: Sequence[tuple[str, Any]] | None = None, algo_configs: dict | None = None):
         entry = ALGOS.get(cfg.algo)
         run_dir = run_dir_for(cfg)
