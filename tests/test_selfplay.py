@@ -227,7 +227,7 @@ def test_tictactoe_self_play_wins_or_draws_95_percent_against_random_from_both_s
 
     The second seat is the hard one. Its wins + draws out of 200 at seeds 0, 1, 2 were 190,
     200, 194 with these settings; with 400k moves 198, 189, 190 (ent_coef 0.1), and 188, 176,
-    164 (ent_coef 0.05). The first seat scored 196-200 in all of these runs."""
+    164 (ent_coef 0.05). The first seat scored 196-200 with ent_coef 0.1."""
     policy, spec = _trained_by_self_play(tmp_path, TTT, 600_000, 32, {"ent_coef": 0.1}, sampling="uniform", opponents=["random"],
                                          snapshot_interval=10_000)
     for seat, (win, draw, loss) in enumerate(_against_random(policy, spec, TTT)):
