@@ -4,8 +4,10 @@ run directory, exact resume of pool and ratings, bad input; and the learning kno
 (tictactoe, connect four: slow)."""
 from __future__ import annotations
 
+import copy
 import csv
 import json
+import pickle
 
 import numpy as np
 import pytest
@@ -106,6 +108,12 @@ def test_pool_snapshots_act_together_each_on_its_own_envs():
     assert actions[:, 0].tolist() == [played[int(k)] for k in pp.opp]
     assert set(pp.opp.tolist()) == set(played) and four.calls == 1
     assert pp.stack[0] == tuple(sorted(m.id for m in pool.members if m.kind == "snapshot"))
+    old = copy.copy(pp)  # as pickled before the stack existed: its members act one by one, as then
+    for name in ("stacks", "snapshots", "stack", "gen"):
+        del old.__dict__[name]
+    old = pickle.loads(pickle.dumps(old))
+    again, _, _ = old.act(inputs, torch.ones(E), True)
+    assert torch.equal(again, actions) and not old.stacks and old.fixed["four"].calls == 2  # its copy of "four" acted again
 
 
 def test_pfsp_pool_policy_draws_the_member_the_learner_loses_to():

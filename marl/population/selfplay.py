@@ -119,6 +119,10 @@ class PoolPolicy:
         self.gen = torch.Generator()  # the stack's moves
         self.gen.manual_seed(seed * 1_000_003 + 17)
 
+    def __setstate__(self, state: dict) -> None:
+        """One pickled before the stack existed (an older run's checkpoint) acts member by member, as it did."""
+        self.__dict__.update({"stacks": False, "snapshots": set(), "stack": ((), None), "gen": torch.Generator(), **state})
+
     def member(self, member_id: int) -> Policy:
         if member_id not in self.members:
             m = self.pool.by_id(member_id) or self.retired.get(member_id)
