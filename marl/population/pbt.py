@@ -270,7 +270,8 @@ def run_pbt(cfg: TrainConfig, algo_cfg, pbt: PBTConfig) -> dict:
             ray.init(address=pbt.ray_address, logging_level="ERROR", log_to_driver=False)
         except ConnectionError as err:
             raise MarlError(f"--ray-address {pbt.ray_address}: {str(err).splitlines()[0]}",
-                            "pass the address `ray start --head` printed (the node's IP, not 127.0.0.1); a cluster with token authentication needs its token in this environment") from None
+                            "pass the address `ray start --head` printed (the node's IP, not 127.0.0.1); for a cluster with token authentication "
+                            "set RAY_AUTH_MODE=token and its token (RAY_AUTH_TOKEN, or ~/.ray/auth_token) in this environment") from None
     else:
         ray.init(address="local", num_cpus=pbt.num_cpus or min(pbt.members, os.cpu_count() or 1), include_dashboard=False,
                  logging_level="ERROR", log_to_driver=False, configure_logging=True)
