@@ -393,9 +393,11 @@ class OnPolicyLearner(torch.nn.Module):
         h0 = b.get("hidden0")
         data = {"obs": b["obs"], "state": b["state"], "avail": b["avail"], "actions": b["actions"], "done": b["done"],
                 "weight": mask.to(adv.dtype), "adv": adv, "target": target, "old_v": old_v, "old_logp": b["logp"]}
-        if not cfg.recurrent:  # independent env-steps (agents kept together): flatten [T, E] once and keep
-            data = {k: v.flatten(0, 1) for k, v in data.items()}  # the steps where an agent learns (in turn-based games
-            live = data["weight"].flatten(1).any(-1)  # a slot's agents wait at every other step)
+        if not cfg.recurrent:
+            # independent env-steps (agents kept together): flatten [T, E] once and keep the steps
+            # where an agent learns (in a turn-based game a slot's agents wait at every other step)
+            data = {k: v.flatten(0, 1) for k, v in data.items()}
+            live = data["weight"].flatten(1).any(-1)
             if bool(live.any()) and not bool(live.all()):
                 data = {k: v[live] for k, v in data.items()}
         stats = []
