@@ -96,6 +96,12 @@ class _Exploring:
         return self.policy.act(inputs, hidden, True)
 
 
+def _member_rows(inputs: dict[str, torch.Tensor], rows: np.ndarray) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """(row indices on the inputs' device, the inputs of those rows on the CPU, where members live)."""
+    rows_t = torch.as_tensor(rows, device=inputs["obs"].device)
+    return rows_t, {key: v.index_select(0, rows_t).cpu() for key, v in inputs.items()}
+
+
 class PoolPolicy:
     """The opponents' slot: in each env one pool member, drawn with the pool's sampling when
     the env's episode starts. Its recurrent state is a flag per env that the collector zeroes
@@ -170,8 +176,7 @@ class PoolPolicy:
             rows = np.flatnonzero(np.isin(self.opp, stacked) & moves)
             if len(rows):
                 snaps, stack = self.stack
-                rows_t = torch.as_tensor(rows, device=device)
-                sub = {key: v.index_select(0, rows_t).cpu() for key, v in inputs.items()}  # members live on the CPU
+                rows_t, sub = _member_rows(inputs, rows)
                 member = torch.as_tensor(np.searchsorted(np.asarray(snaps), self.opp[rows]))
                 actions[rows_t] = stack.act_members(sub, member, True).to(device, actions.dtype)
         for k in ids:
@@ -181,12 +186,10 @@ class PoolPolicy:
             rows = np.flatnonzero((self.opp == k) & (moves if h is None else True))
             if not len(rows):
                 continue
-            rows_t = torch.as_tensor(rows, device=device)
-            sub = {key: v.index_select(0, rows_t).cpu() for key, v in inputs.items()}
-            rows_c = rows_t.cpu()
-            a, h_new, _ = self.member(k).act(sub, None if h is None else h[rows_c], True)
+            rows_t, sub = _member_rows(inputs, rows)
+            a, h_new, _ = self.member(k).act(sub, None if h is None else h[rows], True)
             if h is not None:
-                h[rows_c] = h_new
+                h[rows] = h_new
             actions[rows_t] = a.to(device, actions.dtype)
         return actions, torch.ones_like(fresh), {}
 
