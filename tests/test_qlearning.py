@@ -13,7 +13,7 @@ from marl.algos import ALGOS
 from marl.algos.mixers import MIXERS, Mixer
 from marl.algos.qlearning import QLearner, epsilon_at
 from marl.algos.targets import greedy_next_values
-from marl.algos.replay import EpisodeReplay, two_row_episodes
+from marl.algos.replay import EpisodeReplay
 from marl.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from marl.cli import main
 from marl.config import TrainConfig
@@ -264,7 +264,7 @@ def test_termination_does_not_bootstrap():
 ])
 def test_the_transition_replay_gives_the_episode_replays_one_step_targets(algo, env, env_kwargs, kw):
     """The same collected steps stored as episodes and as transitions (`replay='transitions'`, each
-    sampled transition read as a two-row episode): equal one-step targets, step by step; the episode
+    sampled transition read as an episode of one step): equal one-step targets, step by step; the episode
     form's targets are the hand values of the two tests above."""
     T, E = 4, 2
     vec, episodes = _learner(algo, env, env_kwargs, **kw)
@@ -282,7 +282,7 @@ def test_the_transition_replay_gives_the_episode_replays_one_step_targets(algo, 
         return learner.head.loss(learner.target_head, learner._context(sample), learner._targets)["target"]
 
     L = env_kwargs["episode_len"]
-    rows = two_row_episodes({k: v[: T * E] for k, v in transitions.replay.storage.items()})
+    rows = {k: v[: T * E] for k, v in transitions.replay.storage.items()}
     y = targets(transitions, rows).reshape(T, E, -1)  # step-major rows: [T, E, per-step values]
     from_transitions = [y[start: start + L, e].flatten().tolist() for e in range(E) for start in range(0, T - L + 1, L)]
     sample = episodes.replay.sample(len(episodes.replay), episodes.sample_gen)  # every complete episode, once

@@ -11,7 +11,7 @@ episodes, the epsilon counter and the generators are part of the checkpoint (ext
 
 `replay='transitions'` keeps one-step transitions instead (marl.algos.transitions: no padding to
 the longest episode, sampling cost independent of episode length), for feed-forward agents with
-one-step targets; a sampled transition is read as a two-row episode (`two_row_episodes`), so
+one-step targets; a sampled transition is read as an episode of one step (`QLearner._rows`), so
 the value heads and the target math below are the same for both replays.
 
 Episode layout in the replay (L + 1 rows for L steps): `marl.algos.replay`.
@@ -39,7 +39,7 @@ from marl.algos import qtran  # noqa: F401  (registers the "qtran" mixer)
 from marl.algos.mixers import MIXERS
 from marl.algos.optim import OPTIMISERS, clip_grad_norm, flatten
 from marl.algos.registry import ALGOS, AlgoEntry
-from marl.algos.replay import STEP_KEYS, EpisodeBuilder, EpisodeReplay, episode_rows, segment_steps, two_row_episodes, with_acting
+from marl.algos.replay import STEP_KEYS, EpisodeBuilder, EpisodeReplay, episode_rows, segment_steps, with_acting
 from marl.algos.returns import RunningNorm, decisions, masked_mean, per_agent_rewards, rewards_differ, scalar_team_reward
 from marl.algos.targets import greedy_next_values, masked_argmax, nstep_targets, own_decision_targets, td_lambda_targets
 from marl.algos.transitions import TransitionReplay, one_step_rows
@@ -317,8 +317,6 @@ class QLearner(nn.Module):
         stats: dict[str, list[Tensor]] = {}
         for _ in range(cfg.updates_per_collect or owed):
             sample = {k: v.to(self.device, non_blocking=True) for k, v in self.replay.sample(cfg.batch_size, self.sample_gen).items()}
-            if cfg.replay == "transitions":
-                sample = two_row_episodes(sample)
             for k, v in self._train_step(sample).items():
                 stats.setdefault(k, []).append(v)
         means = torch.stack([torch.stack(v).mean() for v in stats.values()]).tolist()  # one device sync
@@ -348,52 +346,69 @@ class QLearner(nn.Module):
         return fn(c["reward"], next_values, c["terminated"], c["filled"])
 
     def _context(self, s: dict) -> dict[str, Tensor]:
-        """Everything a value head needs from a sampled batch of episodes (rows [B, R], steps T = R - 1)."""
+        """Everything a value head needs from a sampled batch (`_rows`: T steps of B samples)."""
         cfg, head = self.cfg, self.head
-        x = self._inputs(s["obs"])
-        if cfg.replay == "transitions":  # two rows: row 0 is learned, row 1 only bootstraps (no pass it does not use)
-            q_now = self.net(x[:, :1])[0]
-            with torch.no_grad():
-                tq_next = self.target_net(x[:, 1:])[0]
-                q_next = self.net(x[:, 1:])[0] if cfg.double_q else tq_next
-        else:
-            q = self._unroll(self.net, x)
-            with torch.no_grad():
-                tq_next = self._unroll(self.target_net, x)[:, 1:]
-            q_now, q_next = q[:, :-1], q[:, 1:].detach()
-        avail, acting, actions = s["avail"], s["acting"][:, :-1], s["actions"][:, :-1]
-        filled = s["filled"][:, 1:]  # step t is real when row t + 1 is filled
-        greedy = masked_argmax(q_now.detach(), avail[:, :-1])
-        next_actions, next_q = greedy_next_values(q_next, tq_next, avail[:, 1:], cfg.double_q)
-        c = {"feats": x, "state": s["state"], "acting": acting, "actions": actions, "greedy": greedy,
-             "next_actions": next_actions, "next_q": next_q * s["next_acting"][:, :-1].to(next_q.dtype),
+        r = self._rows(s)
+        q_now, acting, actions = r["q_now"], r["acting"], r["actions"]
+        greedy = masked_argmax(q_now.detach(), r["avail"])
+        next_actions, next_q = greedy_next_values(r["q_next"], r["tq_next"], r["next_avail"], cfg.double_q)
+        c = {"feats": r["feats"], "state": r["state"], "acting": acting, "actions": actions, "greedy": greedy,
+             "next_actions": next_actions, "next_q": next_q * r["next_acting"].to(next_q.dtype),
              "q_taken": q_now.gather(-1, actions.unsqueeze(-1)).squeeze(-1),
              "q_greedy": q_now.gather(-1, greedy.unsqueeze(-1)).squeeze(-1)}
-        # Watkins' trace: step t+1's action is the one the bootstrap after step t values (agents not acting there pass)
-        greedy_next = (s["actions"][:, 1:] == next_actions) | ~s["acting"][:, 1:]
-        c["trace"] = greedy_next if head.per_agent else greedy_next.all(-1)
-        reward, term, trunc = s["reward"][:, :-1], s["terminated"][:, :-1], s["truncated"][:, :-1]
+        if cfg.returns == "q_lambda":  # Watkins' trace: step t+1's action is the one the bootstrap after step t values
+            greedy_next = (r["actions_after"] == next_actions) | ~r["acting_after"]  # agents not acting there pass
+            c["trace"] = greedy_next if head.per_agent else greedy_next.all(-1)
+        reward, term, trunc, filled = r["reward"], r["terminated"], r["truncated"], r["filled"]
         if head.per_agent:  # own episode per agent: it ends at the agent's own termination/truncation
-            ended = term | trunc
-            before = (ended.cumsum(dim=1) - ended.long()) > 0
-            c["filled"] = filled.unsqueeze(-1) * (~before).to(filled.dtype)
+            c["filled"] = filled.unsqueeze(-1).expand(term.shape)
+            if cfg.replay == "episodes":  # steps after the agent's own end are not its episode
+                ended = term | trunc
+                before = (ended.cumsum(dim=1) - ended.long()) > 0
+                c["filled"] = c["filled"] * (~before).to(filled.dtype)
+                last = filled.bool() & ~torch.cat([filled[:, 1:], torch.zeros_like(filled[:, :1])], dim=1).bool()
+                c["decisions"] = decisions(acting, ended | last.unsqueeze(-1), dim=1)  # a transition is everyone's decision
             c["terminated"] = term
             c["reward"] = per_agent_rewards(reward, cfg.reward)
-            last = filled.bool() & ~torch.cat([filled[:, 1:], torch.zeros_like(filled[:, :1])], dim=1).bool()
-            if cfg.replay == "episodes":  # a transition is one decision of every agent: nothing to map
-                c["decisions"] = decisions(acting, ended | last.unsqueeze(-1), dim=1)
         else:  # one team episode: it terminates at its last step unless an agent was truncated there
-            last = filled - torch.cat([filled[:, 1:], torch.zeros_like(filled[:, :1])], dim=1)
-            if cfg.replay == "transitions":  # two-row episodes: the env's episode ends where it said so
-                last = s["done"][:, :-1].to(filled.dtype)
+            if cfg.replay == "transitions":  # the env's episode ends where it said so
+                last = r["done"].to(filled.dtype)
+            else:
+                last = filled - torch.cat([filled[:, 1:], torch.zeros_like(filled[:, :1])], dim=1)
             c["filled"] = filled
             c["terminated"] = last * (~trunc.any(-1)).to(filled.dtype)
-            c["reward"] = scalar_team_reward(reward, s["alive"][:, :-1], cfg.reward)
+            c["reward"] = scalar_team_reward(reward, r["alive"], cfg.reward)
         if cfg.standardise_rewards:
             real = c["filled"] > 0
             self.reward_norm.update(c["reward"][real])
             c["reward"] = (c["reward"] - self.reward_norm.mean) / self.reward_norm.var.clamp_min(1e-8).sqrt()
         return c
+
+    def _rows(self, s: dict) -> dict[str, Tensor]:
+        """A sample as T steps of B episodes: the utilities at each step (`q_now`, with gradients)
+        and after it (`q_next` online, `tq_next` target, no gradients), the step's masks, actions,
+        rewards and ends [B, T, ...], `filled` [B, T], and `feats` / `state` over the T + 1 rows.
+        Episodes ([B, R] rows, T = R - 1) unroll every row; transitions ([B], T = 1) run each net
+        only on the row it is used on (the target net on the next row, the online net on the
+        learned row and, for double Q, the next one)."""
+        if self.cfg.replay == "transitions":
+            step = {k: s[k].unsqueeze(1) for k in ("avail", "next_avail", "acting", "actions", "next_acting", "reward",
+                                                      "terminated", "truncated", "alive", "done")}
+            x_now, x_next = self._inputs(s["obs"]).unsqueeze(1), self._inputs(s["next_obs"]).unsqueeze(1)
+            q_now = self.net(x_now)[0]
+            with torch.no_grad():
+                tq_next = self.target_net(x_next)[0]
+                q_next = self.net(x_next)[0] if self.cfg.double_q else tq_next
+            return {**step, "q_now": q_now, "q_next": q_next, "tq_next": tq_next, "feats": torch.cat([x_now, x_next], 1),
+                    "state": torch.stack([s["state"], s["next_state"]], 1), "filled": torch.ones_like(step["reward"][:, :, 0])}
+        x = self._inputs(s["obs"])
+        q = self._unroll(self.net, x)
+        with torch.no_grad():
+            tq_next = self._unroll(self.target_net, x)[:, 1:]
+        step = {k: s[k][:, :-1] for k in ("avail", "acting", "actions", "next_acting", "reward", "terminated", "truncated", "alive")}
+        return {**step, "q_now": q[:, :-1], "q_next": q[:, 1:].detach(), "tq_next": tq_next, "next_avail": s["avail"][:, 1:],
+                "actions_after": s["actions"][:, 1:], "acting_after": s["acting"][:, 1:], "feats": x, "state": s["state"],
+                "filled": s["filled"][:, 1:]}  # step t is real when row t + 1 is filled
 
     def _train_step(self, s: dict) -> dict[str, Tensor]:
         cfg = self.cfg

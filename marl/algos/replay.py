@@ -232,17 +232,6 @@ def episode_rows(ep: dict[str, Tensor]) -> dict[str, Tensor]:
     return rows
 
 
-def two_row_episodes(t: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Transitions ([B, ...], marl.algos.transitions) as two-row episodes in the layout of
-    `EpisodeReplay.sample` ([B, 2, ...]): row 0 the step, row 1 the observation after it; `done`
-    is kept (row 0), so a team episode ends only where the env's did."""
-    rows = {k: torch.stack([t[k], t[f"next_{k}"]], dim=1) for k in ("obs", "state", "avail")}
-    for k in ("alive", "acting", "actions", "reward", "terminated", "truncated", "next_acting", "done"):
-        rows[k] = torch.stack([t[k], torch.zeros_like(t[k])], dim=1)
-    rows["filled"] = torch.ones(t["done"].shape[0], 2, device=t["done"].device)
-    return rows
-
-
 def with_acting(state: dict | None) -> dict | None:
     """A replay or builder state saved with `next_alive` and no `acting`, with `acting` = `alive`
     and `next_acting` = `next_alive` (the same masks in parallel envs)."""

@@ -62,6 +62,8 @@ def nstep_targets(rewards: Tensor, next_values: Tensor, terminated: Tensor, fill
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
     not_term, mask = _prepare(rewards, next_values, terminated, filled)
+    if n == 1:  # the one-step TD target: every filled step bootstraps from its own next value
+        return (rewards + gamma * not_term * next_values) * mask
     T = rewards.shape[1]
     length = mask.sum(dim=1, keepdim=True)  # [B, 1, ...]: episode length L
     t_idx = torch.arange(T, device=rewards.device, dtype=rewards.dtype)
