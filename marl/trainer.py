@@ -277,23 +277,25 @@ class Trainer:
         return batch, episodes
 
     def update(self, batch: dict) -> dict[str, float]:
-        """Each learner's update on its own rows; a non-finite loss or parameter stops the run."""
+        """Each learner's update on its own rows; a non-finite loss stops the run (parameters made
+        non-finite by an update give a non-finite loss at the next one, and `checkpoint` checks
+        them: a diverged model is never saved)."""
         metrics: dict[str, float] = {}
         for k, name in enumerate(self.slots):
             learner = self.learners.get(name)
             if learner is None:
                 continue
             own = learner.update(batch if self.pmap is None else slot_batch(batch, self.pmap, k))
-            bad = sorted(k for k, v in own.items() if not math.isfinite(v))
-            if not bad and not _finite(learner):
-                bad = ["parameters"]  # never checkpoint a diverged model
-            if bad:
-                where = "" if self.pmap is None else f" ({name})"
-                raise MarlError(f"training diverged{where}: {', '.join(bad)} became non-finite at env step {self.step_count + self.per_update}",
-                                f"lower --lr (or --max-grad-norm); {kept_checkpoint(self.run_dir)}")
+            self._stop_if_diverged(name, sorted(k for k, v in own.items() if not math.isfinite(v)), self.step_count + self.per_update)
             metrics.update(own if self.pmap is None else {f"{name}/{key}": v for key, v in own.items()})
         self._callbacks("on_update", metrics)
         return metrics
+
+    def _stop_if_diverged(self, name: str, bad: list[str], step: int) -> None:
+        if bad:
+            where = "" if self.pmap is None else f" ({name})"
+            raise MarlError(f"training diverged{where}: {', '.join(bad)} became non-finite at env step {step}",
+                            f"lower --lr (or --max-grad-norm); {kept_checkpoint(self.run_dir)}")
 
     def _episode_metrics(self, prefix: str, episodes: list[EpisodeStats]) -> dict[str, float]:
         out = episode_metrics(prefix, episodes, self.spec.agents)
@@ -335,6 +337,8 @@ class Trainer:
         self.window, self.last["log"] = [], step
 
     def checkpoint(self) -> None:
+        for name, learner in self.learners.items():
+            self._stop_if_diverged(name, [] if _finite(learner) else ["parameters"], self.step_count)
         # an evaluation of this very step may still run: the checkpoint says so, and a resumed
         # run redoes it (its parameters are the checkpoint's); one of an earlier step (other
         # parameters) and the run's last one are logged first
