@@ -54,10 +54,10 @@ def grouped_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     """
     d_out = weight.shape[-1]
     if mode == "shared":  # one 2-D GEMM over all rows; view() is cheaper than select + t()
-        x2 = x.reshape(-1, x.shape[-1])
+        x2 = x if x.dim() == 2 else x.reshape(-1, x.shape[-1])
         w2 = weight.view(weight.shape[1], d_out)
         y = torch.mm(x2, w2) if bias is None else torch.addmm(bias.view(d_out), x2, w2)
-        return y.view(*x.shape[:-1], d_out)
+        return y if x.dim() == 2 else y.view(*x.shape[:-1], d_out)
     xb = x if agent_major else to_agent_major(x, groups.numel())
     if mode == "gather":
         weight = weight.index_select(0, groups)

@@ -78,8 +78,10 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor, agent_major: bool = False) -> torch.Tensor:
         """x[..., N, in] -> [..., N, out] (or [N, B, in] -> [N, B, out] with agent_major)."""
-        if agent_major or not self.agent_major:
-            return _run(self.net, x, agent_major)
+        if agent_major:
+            return _run(self.net, x, True)
+        if not self.agent_major:  # one weight set: every layer is one GEMM over the rows, kept 2-D throughout
+            return _run(self.net, x.reshape(-1, x.shape[-1]), False).view(*x.shape[:-1], self.out_dim)
         y = _run(self.net, to_agent_major(x, self.n_agents), True)
         return from_agent_major(y, x.shape[:-2])
 
