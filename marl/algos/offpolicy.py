@@ -357,8 +357,8 @@ class ReplayACLearner(nn.Module):
         self.credit += T * E * cfg.updates_per_step
         steps, self.credit = int(self.credit), self.credit - int(self.credit)
         stats: dict[str, list[Tensor]] = {}
-        for _ in range(steps):
-            for k, v in self._train_step(self.replay.sample(cfg.batch_size, self.sample_gen)).items():
+        for sample in self.replay.batches(steps, cfg.batch_size, self.sample_gen):
+            for k, v in self._train_step(sample).items():
                 stats.setdefault(k, []).append(v.float())
             self.grad_steps += 1
         if stats:

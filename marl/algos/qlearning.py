@@ -315,8 +315,11 @@ class QLearner(nn.Module):
         if not (cfg.updates_per_collect or owed):
             return out
         stats: dict[str, list[Tensor]] = {}
-        for _ in range(cfg.updates_per_collect or owed):
-            sample = {k: v.to(self.device, non_blocking=True) for k, v in self.replay.sample(cfg.batch_size, self.sample_gen).items()}
+        steps = cfg.updates_per_collect or owed
+        samples = self.replay.batches(steps, cfg.batch_size, self.sample_gen) if cfg.replay == "transitions" else \
+            (self.replay.sample(cfg.batch_size, self.sample_gen) for _ in range(steps))
+        for sample in samples:
+            sample = {k: v.to(self.device, non_blocking=True) for k, v in sample.items()}
             for k, v in self._train_step(sample).items():
                 stats.setdefault(k, []).append(v)
         means = torch.stack([torch.stack(v).mean() for v in stats.values()]).tolist()  # one device sync

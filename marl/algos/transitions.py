@@ -100,6 +100,15 @@ class TransitionReplay:
         idx = torch.randint(self.size, (batch_size,), generator=generator).to(self.device)
         return {k: v.index_select(0, idx) for k, v in self.storage.items()}
 
+    def batches(self, n: int, batch_size: int, generator: torch.Generator | None = None) -> list[dict[str, Tensor]]:
+        """n batches as n calls of `sample` draw them (the same indices from `generator`), in one
+        draw and one gather per field: a learner taking n gradient steps between two collections
+        pays the sampling once."""
+        if n < 1:
+            return []
+        rows = self.sample(n * batch_size, generator)
+        return [{k: v[i * batch_size:(i + 1) * batch_size] for k, v in rows.items()} for i in range(n)]
+
     def state_dict(self) -> dict:
         """The stored rows and the ring pointer (everything an exact resume needs)."""
         n = self.size
