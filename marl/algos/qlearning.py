@@ -40,7 +40,7 @@ from marl.algos.mixers import MIXERS
 from marl.algos.optim import OPTIMISERS, clip_grad_norm, flatten
 from marl.algos.registry import ALGOS, AlgoEntry
 from marl.algos.replay import STEP_KEYS, EpisodeBuilder, EpisodeReplay, episode_rows, segment_steps, with_acting
-from marl.algos.returns import RunningNorm, decisions, masked_mean, per_agent_rewards, rewards_differ, scalar_team_reward
+from marl.algos.returns import RunningNorm, decisions, per_agent_rewards, rewards_differ, scalar_team_reward
 from marl.algos.targets import greedy_next_values, masked_argmax, nstep_targets, own_decision_targets, td_lambda_targets
 from marl.algos.transitions import TransitionReplay, one_step_rows
 from marl.core.errors import MarlError, check
@@ -318,8 +318,10 @@ class QLearner(nn.Module):
         steps = cfg.updates_per_collect or owed
         samples = self.replay.batches(steps, cfg.batch_size, self.sample_gen) if cfg.replay == "transitions" else \
             (self.replay.sample(cfg.batch_size, self.sample_gen) for _ in range(steps))
+        moved = self.replay.device != self.device
         for sample in samples:
-            sample = {k: v.to(self.device, non_blocking=True) for k, v in sample.items()}
+            if moved:
+                sample = {k: v.to(self.device, non_blocking=True) for k, v in sample.items()}
             for k, v in self._train_step(sample).items():
                 stats.setdefault(k, []).append(v)
         means = torch.stack([torch.stack(v).mean() for v in stats.values()]).tolist()  # one device sync
@@ -423,9 +425,9 @@ class QLearner(nn.Module):
         self.grad_steps += 1
         self._update_targets()
         with torch.no_grad():
-            mask = parts["mask"]
-            stats = {"td": parts["td"].detach(), "q_taken_mean": masked_mean(parts["q"].detach(), mask),
-                     "target_mean": masked_mean(parts["target"], mask), "grad_norm": gnorm}
+            mask = parts["mask"].to(parts["q"].dtype)  # the fitted values' and targets' means, in one pass
+            q_mean, target_mean = (torch.stack([parts["q"].detach(), parts["target"]]) * mask).flatten(1).sum(1) / mask.sum().clamp_min(1.0)
+            stats = {"td": parts["td"].detach(), "q_taken_mean": q_mean, "target_mean": target_mean, "grad_norm": gnorm}
             stats.update({k: parts[k].detach() for k in ("opt", "nopt") if k in parts})
         return stats
 
