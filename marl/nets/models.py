@@ -34,9 +34,11 @@ def _input_layer(in_dim: int, out_dim: int, groups: torch.Tensor, activation: st
 
 
 def _run(layers: nn.Sequential, x: torch.Tensor, agent_major: bool) -> torch.Tensor:
-    """Apply layers in order, passing the layout flag to the grouped ones."""
+    """Apply layers in order, passing the layout flag to the grouped ones. Each layer's `forward`
+    is called directly: these layers carry no hooks, and `nn.Module.__call__` costs ~2 µs a
+    layer, a tenth of a small network's forward pass on CPU."""
     for layer in layers:
-        x = layer(x, agent_major) if isinstance(layer, (GroupLinear, GroupLayerNorm)) else layer(x)
+        x = layer.forward(x, agent_major) if isinstance(layer, (GroupLinear, GroupLayerNorm)) else layer.forward(x)
     return x
 
 
