@@ -118,6 +118,7 @@ class _Envs:
         n = self.spec.n_agents
         self.ep_return = np.zeros((num_envs, n), np.float64)
         self.ep_len = np.zeros(num_envs, np.int64)
+        self._unpadded = len(set(self.spec.obs_dims)) == 1  # every agent's observation fills its whole row
         self.discrete = self.spec.discrete
         self._where = (0, 0)  # (env copy, episode step) of the observation being read, for error lines
         if not self.discrete:
@@ -126,8 +127,9 @@ class _Envs:
 
     def _observe(self, k: int, obs: dict, infos: dict) -> None:
         b, enc, env = self.buf, self.enc[k], self.envs[k]
-        b["obs"][k] = 0.0
-        b["avail"][k] = enc.base_avail
+        if not (self._unpadded and len(obs) == len(enc.index)):  # else `enc.obs` writes every row in full
+            b["obs"][k] = 0.0
+            b["avail"][k] = enc.base_avail
         enc.obs(obs, infos, b["obs"][k], b["avail"][k])
         alive, acting = b["alive"][k], b["acting"][k]
         alive[:] = False
@@ -191,6 +193,7 @@ class _Envs:
         for key in ("reward", "terminated", "truncated", "done"):
             b[key][:] = False
         steps = self.ep_len.copy()  # each env's episode step before this one
+        stepped = []
         for k, env in enumerate(self.envs):
             acts = self._actions(k, actions[k])
             try:
@@ -210,11 +213,13 @@ class _Envs:
             for agent, flag in trunc.items():
                 if flag and not term.get(agent, False):
                     b["truncated"][k, index[agent]] = True
-            self.ep_return[k] += b["reward"][k]
-            self.ep_len[k] += 1
+            stepped.append((obs, infos))
+        self.ep_return += b["reward"]  # the episodes' bookkeeping, for every env at once
+        self.ep_len += 1
+        ended = (b["terminated"] | b["truncated"]).any(-1).tolist()
+        for k, (env, (obs, infos)) in enumerate(zip(self.envs, stepped)):
             self._where = (k, int(self.ep_len[k]))
-            ended = b["terminated"][k] | b["truncated"][k]
-            if ended.any():  # keep the observation after the step for bootstrapping: every agent's,
+            if ended[k]:  # keep the observation after the step for bootstrapping: every agent's,
                 # so a central critic reads this step's joint observation, not an earlier episode's rows
                 enc = self.enc[k]
                 b["final_obs"][k] = 0.0
