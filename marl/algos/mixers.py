@@ -132,7 +132,8 @@ class MixerHead(nn.Module):
     def loss(self, target: "MixerHead", c: dict[str, Tensor], targets_fn: TargetsFn) -> dict[str, Tensor]:
         acting = c["acting"].to(c["q_taken"].dtype)
         needs = self.mixer.needs_state
-        q = self.mixer(c["q_taken"] * acting, c["state"][:, :-1] if needs else None)
+        q_taken = c["q_taken"] if self.per_agent else c["q_taken"] * acting  # per agent the mask below leaves out the idle
+        q = self.mixer(q_taken, c["state"][:, :-1] if needs else None)
         with torch.no_grad():
             y = targets_fn(c, target.mixer(c["next_q"], c["state"][:, 1:] if needs else None))
         mask = c["filled"] * acting if self.per_agent else c["filled"]

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Literal
+from typing import Callable, Literal
 
 import torch
 from torch import Tensor, nn
@@ -172,6 +172,22 @@ class QConfig:
             check(self.allow_state_fallback, f"mixer '{self.mixer}' needs a global state but env '{spec.name}' has no state()",
                   "pass --allow-state-fallback true to use the concatenated observations, or use an env with state()")
         resolve_groups(self.sharing, spec.n_agents)
+
+
+class Lazy(dict):
+    """A dict whose entries named in `makers` are computed at their first read: a value head
+    that never reads one (the greedy actions only QTRAN needs, the state only mixers of it)
+    never pays for it."""
+
+    def __init__(self, makers: dict[str, Callable[[], Tensor]], **entries: Tensor):
+        super().__init__(**entries)
+        self.makers = makers
+
+    def __missing__(self, key: str) -> Tensor:
+        if key not in self.makers:
+            raise KeyError(key)
+        value = self[key] = self.makers.pop(key)()
+        return value
 
 
 # ----------------------------------------------------------------------------- pure pieces
@@ -355,12 +371,12 @@ class QLearner(nn.Module):
         cfg, head = self.cfg, self.head
         r = self._rows(s)
         q_now, acting, actions = r["q_now"], r["acting"], r["actions"]
-        greedy = masked_argmax(q_now.detach(), r["avail"])
         next_actions, next_q = greedy_next_values(r["q_next"], r["tq_next"], r["next_avail"], cfg.double_q)
-        c = {"feats": r["feats"], "state": r["state"], "acting": acting, "actions": actions, "greedy": greedy,
-             "next_actions": next_actions, "next_q": next_q * r["next_acting"].to(next_q.dtype),
-             "q_taken": q_now.gather(-1, actions.unsqueeze(-1)).squeeze(-1),
-             "q_greedy": q_now.gather(-1, greedy.unsqueeze(-1)).squeeze(-1)}
+        c = Lazy({"feats": lambda: r["feats"], "state": lambda: r["state"],  # read by some heads only (QTRAN, QMIX)
+                  "greedy": lambda: masked_argmax(q_now.detach(), r["avail"]),
+                  "q_greedy": lambda: q_now.gather(-1, c["greedy"].unsqueeze(-1)).squeeze(-1)},
+                 acting=acting, actions=actions, next_actions=next_actions, next_q=next_q * r["next_acting"].to(next_q.dtype),
+                 q_taken=q_now.gather(-1, actions.unsqueeze(-1)).squeeze(-1))
         if cfg.returns == "q_lambda":  # Watkins' trace: step t+1's action is the one the bootstrap after step t values
             greedy_next = (r["actions_after"] == next_actions) | ~r["acting_after"]  # agents not acting there pass
             c["trace"] = greedy_next if head.per_agent else greedy_next.all(-1)
@@ -404,8 +420,8 @@ class QLearner(nn.Module):
             with torch.no_grad():
                 tq_next = self.target_net(x_next)[0]
                 q_next = self.net(x_next)[0] if self.cfg.double_q else tq_next
-            return {**step, "q_now": q_now, "q_next": q_next, "tq_next": tq_next, "feats": torch.cat([x_now, x_next], 1),
-                    "state": torch.stack([s["state"], s["next_state"]], 1), "filled": torch.ones_like(step["reward"][:, :, 0])}
+            return Lazy({"feats": lambda: torch.cat([x_now, x_next], 1), "state": lambda: torch.stack([s["state"], s["next_state"]], 1)},
+                        **step, q_now=q_now, q_next=q_next, tq_next=tq_next, filled=torch.ones_like(step["reward"][:, :, 0]))
         x = self._inputs(s["obs"])
         q = self._unroll(self.net, x)
         with torch.no_grad():
