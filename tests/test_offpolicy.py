@@ -154,6 +154,19 @@ def test_replay_resumes_exactly_and_refuses_another_layout():
         TransitionReplay(9, FIELDS).load_state_dict(a.state_dict())
 
 
+def test_batches_draw_the_rows_of_as_many_sample_calls():
+    """The gradient steps between two collections take their batches from one `batches` call: the
+    same rows, in the same order, as one `sample` call each from the same generator state."""
+    replay = TransitionReplay(50, FIELDS)
+    replay.add(_rows_from(0, 37))
+    together = replay.batches(4, 8, torch.Generator().manual_seed(3))
+    gen = torch.Generator().manual_seed(3)
+    one_by_one = [replay.sample(8, gen) for _ in range(4)]
+    assert len(together) == 4 and all(torch.equal(a[k], b[k]) for a, b in zip(together, one_by_one) for k in FIELDS)
+    assert len({tuple(b["actions"][:, 0].tolist()) for b in together}) == 4  # four different batches
+    assert replay.batches(0, 8, gen) == []
+
+
 def test_large_replay_prints_its_memory_estimate(capsys, monkeypatch):
     import marl.algos.transitions as transitions
 
