@@ -106,8 +106,8 @@ class TransitionReplay:
         pays the sampling once."""
         if n < 1:
             return []
-        rows = self.sample(n * batch_size, generator)
-        return [{k: v[i * batch_size:(i + 1) * batch_size] for k, v in rows.items()} for i in range(n)]
+        parts = {k: v.split(batch_size) for k, v in self.sample(n * batch_size, generator).items()}
+        return [{k: p[i] for k, p in parts.items()} for i in range(n)]
 
     def state_dict(self) -> dict:
         """The stored rows and the ring pointer (everything an exact resume needs)."""
