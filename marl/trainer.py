@@ -337,7 +337,7 @@ class Trainer:
         self.window, self.last["log"] = [], step
 
     def checkpoint(self) -> None:
-        for name, learner in self.learners.items():
+        for name, learner in self.learners.items():  # never save a diverged model
             self._stop_if_diverged(name, [] if _finite(learner) else ["parameters"], self.step_count)
         # an evaluation of this very step may still run: the checkpoint says so, and a resumed
         # run redoes it (its parameters are the checkpoint's); one of an earlier step (other
