@@ -168,6 +168,8 @@ def main() -> None:
                         best = results.get((algo, side, seed))
                         if best is None or r["seconds_total"] < best["seconds_total"]:
                             results[(algo, side, seed)] = r
+    if args.repeats > 1:
+        print(f"\nEach seed's fastest of {args.repeats} runs per side.")
     print("\n| algo | env (budget) | side | s to threshold (mean; runs reaching it) | s for the budget (mean) | final greedy return (mean) |"
           "\n|---|---|---|---|---|---|")
     for algo in dict.fromkeys(a for a, _, _ in results):
