@@ -332,10 +332,8 @@ class QLearner(nn.Module):
             return out
         stats: dict[str, list[Tensor]] = {}
         steps = cfg.updates_per_collect or owed
-        samples = self.replay.batches(steps, cfg.batch_size, self.sample_gen) if cfg.replay == "transitions" else \
-            (self.replay.sample(cfg.batch_size, self.sample_gen) for _ in range(steps))
         moved = self.replay.device != self.device
-        for sample in samples:
+        for sample in self.replay.batches(steps, cfg.batch_size, self.sample_gen):
             if moved:
                 sample = {k: v.to(self.device, non_blocking=True) for k, v in sample.items()}
             for k, v in self._train_step(sample).items():

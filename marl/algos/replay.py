@@ -119,6 +119,11 @@ class EpisodeReplay:
         out[FILLED] = out[FILLED].float()
         return out
 
+    def batches(self, n: int, batch_size: int, generator: torch.Generator | None = None) -> Iterable[dict[str, Tensor]]:
+        """n batches for n gradient steps, each drawn when it is reached (episodes are distinct
+        within a batch, not across batches; `TransitionReplay.batches` is the same contract)."""
+        return (self.sample(batch_size, generator) for _ in range(n))
+
     def state_dict(self) -> dict:
         """Everything needed to restore the buffer exactly (stored episodes, ring pointer)."""
         n = self.size
