@@ -166,20 +166,21 @@ class ActorPolicy(torch.nn.Module):
 
 
 def _choose(out: torch.Tensor, log_std: torch.Tensor | None, avail: torch.Tensor, explore: bool,
-            gen: torch.Generator) -> tuple[torch.Tensor, dict]:
+            gen: torch.Generator, logp: bool = True) -> tuple[torch.Tensor, dict]:
     """The action from the actor's output [..., n, out] (masked logits, or a Gaussian's mean
-    with `log_std` [n, A] or [..., n, A]): sampled with its log-prob (explore), else greedy."""
+    with `log_std` [n, A] or [..., n, A]): sampled with its log-prob (explore; `logp=False`
+    leaves the log-prob out), else greedy."""
     if log_std is None:
         logits = mask_logits(out, avail)
         if not explore:
             return categorical_greedy(logits), {}
         action = categorical_sample(logits, gen)
-        return action, {"logp": categorical_logp(logits, action)}
+        return action, {"logp": categorical_logp(logits, action)} if logp else {}
     if not explore:
         return out, {}
     log_std = log_std.expand_as(out)
     action = gaussian_sample(out, log_std, gen)
-    return action, {"logp": gaussian_logp(out, log_std, action)}
+    return action, {"logp": gaussian_logp(out, log_std, action)} if logp else {}
 
 
 class ActorStack(torch.nn.Module):
@@ -197,14 +198,14 @@ class ActorStack(torch.nn.Module):
 
     @torch.no_grad()
     def act_members(self, inputs: dict, member: torch.Tensor, explore: bool) -> torch.Tensor:
-        """Actions [R, n] (or [R, n, A]) for inputs of R rows, row r by copy member[r]."""
+        """Actions [R, n] (or [R, n, A]) for the obs and avail of R rows, row r by copy member[r]."""
         obs = inputs["obs"]
         rows, n = obs.shape[:2]
         x = with_agent_id(obs) if self.agent_id else obs
         x = x.unsqueeze(1).expand(rows, self.m, n, x.shape[-1]).reshape(rows, self.m * n, x.shape[-1])
         out = self.actor(x)[0].view(rows, self.m, n, -1)[torch.arange(rows, device=obs.device), member]
         log_std = None if self.log_std is None else self.log_std.view(self.m, n, -1)[member]
-        return _choose(out, log_std, inputs["avail"], explore, self.gen)[0]
+        return _choose(out, log_std, inputs["avail"], explore, self.gen, logp=False)[0]
 
 
 class OnPolicyLearner(torch.nn.Module):

@@ -96,10 +96,11 @@ class _Exploring:
         return self.policy.act(inputs, hidden, True)
 
 
-def _member_rows(inputs: dict[str, torch.Tensor], rows: np.ndarray) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """(row indices on the inputs' device, the inputs of those rows on the CPU, where members live)."""
+def _member_rows(inputs: dict[str, torch.Tensor], rows: np.ndarray, keys=None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """(row indices on the inputs' device, the inputs of those rows on the CPU, where members
+    live: every field, or those named in `keys`)."""
     rows_t = torch.as_tensor(rows, device=inputs["obs"].device)
-    return rows_t, {key: v.index_select(0, rows_t).cpu() for key, v in inputs.items()}
+    return rows_t, {key: inputs[key].index_select(0, rows_t).cpu() for key in keys or inputs}
 
 
 class PoolPolicy:
@@ -124,10 +125,14 @@ class PoolPolicy:
         self.stack: tuple[tuple[int, ...], Any] = ((), None)  # (member ids, their stack) of the built snapshots
         self.gen = torch.Generator()  # the stack's moves
         self.gen.manual_seed(seed * 1_000_003 + 17)
+        self._plan: tuple[np.ndarray, list[tuple[int, np.ndarray]]] | None = None  # `_layout`, until the opponents change
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_plan": None}
 
     def __setstate__(self, state: dict) -> None:
         """One pickled before the stack existed (an older run's checkpoint) acts member by member, as it did."""
-        self.__dict__.update({"stacks": False, "snapshots": set(), "stack": ((), None), "gen": torch.Generator(), **state})
+        self.__dict__.update({"stacks": False, "snapshots": set(), "stack": ((), None), "gen": torch.Generator(), **state, "_plan": None})
 
     def member(self, member_id: int) -> Policy:
         if member_id not in self.members:
@@ -150,6 +155,7 @@ class PoolPolicy:
     def _draw(self, envs: np.ndarray) -> None:
         E = len(self.opp)
         self.opp[envs] = self.pool.sample(len(envs))
+        self._plan = None
         for e in envs:
             self.games[e].append(int(self.opp[e]))
         for k in np.unique(self.opp[envs]):
@@ -162,28 +168,22 @@ class PoolPolicy:
     def act(self, inputs: dict[str, torch.Tensor], fresh: torch.Tensor, explore: bool):
         E, n = inputs["obs"].shape[:2]
         if len(self.opp) != E:  # a new env batch (e.g. a copy that evaluates)
-            self.opp, self.games = np.full(E, -1, np.int64), [deque() for _ in range(E)]
+            self.opp, self.games, self._plan = np.full(E, -1, np.int64), [deque() for _ in range(E)], None
         new = np.flatnonzero(fresh.cpu().numpy() == 0)
         if len(new):
             self._draw(new)
+        at, alone = self._layout()
         device = inputs["obs"].device
         shape = (E, n) if self.spec.discrete else (E, n, self.spec.n_actions)
         actions = torch.zeros(shape, dtype=torch.long if self.spec.discrete else torch.float32, device=device)
         moves = inputs["acting"].any(-1).cpu().numpy()
-        ids = [int(k) for k in np.unique(self.opp)]
-        stacked = self._stacked(ids)
-        if stacked:
-            rows = np.flatnonzero(np.isin(self.opp, stacked) & moves)
-            if len(rows):
-                snaps, stack = self.stack
-                rows_t, sub = _member_rows(inputs, rows)
-                member = torch.as_tensor(np.searchsorted(np.asarray(snaps), self.opp[rows]))
-                actions[rows_t] = stack.act_members(sub, member, True).to(device, actions.dtype)
-        for k in ids:
-            if k in stacked:
-                continue
+        rows = np.flatnonzero((at >= 0) & moves)
+        if len(rows):
+            rows_t, sub = _member_rows(inputs, rows, ("obs", "avail"))
+            actions[rows_t] = self.stack[1].act_members(sub, torch.as_tensor(at[rows]), True).to(device, actions.dtype)
+        for k, envs in alone:
             h = self.opp_hidden.get(k)
-            rows = np.flatnonzero((self.opp == k) & (moves if h is None else True))
+            rows = np.flatnonzero(envs & moves if h is None else envs)
             if not len(rows):
                 continue
             rows_t, sub = _member_rows(inputs, rows)
@@ -192,6 +192,19 @@ class PoolPolicy:
                 h[rows] = h_new
             actions[rows_t] = a.to(device, actions.dtype)
         return actions, torch.ones_like(fresh), {}
+
+    def _layout(self) -> tuple[np.ndarray, list[tuple[int, np.ndarray]]]:
+        """Who acts where, kept until an env draws a new opponent or a member is dropped: each
+        env's copy in the stack (-1 where its member acts alone), and the members that act
+        alone, in id order, each with the envs it plays in (a mask)."""
+        if self._plan is None:
+            ids = [int(k) for k in np.unique(self.opp)]
+            stacked = self._stacked(ids)
+            at = np.full(len(self.opp), -1, np.int64)
+            for k in stacked:
+                at[self.opp == k] = self.stack[0].index(k)
+            self._plan = (at, [(k, self.opp == k) for k in ids if k not in stacked])
+        return self._plan
 
     def _stacked(self, ids: list[int]) -> list[int]:
         """Which of the members `ids` act through the stack: the snapshots, when the template
@@ -217,6 +230,7 @@ class PoolPolicy:
         for k in [k for k in self.members if k not in live]:
             del self.members[k]
             self.opp_hidden.pop(k, None)
+        self._plan = None
 
     def add_snapshot(self, state: dict, step: int) -> list[Member]:
         """A snapshot joins the pool; returns the members that left it."""
