@@ -16,7 +16,9 @@ stages, and whose state the checkpoints keep.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
+import gc
 import math
 import time
 from dataclasses import replace
@@ -95,6 +97,18 @@ class Callback(Protocol):
 
     def load_state_dict(self, state: dict) -> None:
         """Restore `state_dict()` on `--resume`."""
+
+
+@contextlib.contextmanager
+def frozen_heap():
+    """The objects alive when training starts (the modules, envs, networks: ~200k objects)
+    left out of Python's garbage collections until it ends (gc.freeze). Each full collection
+    otherwise walks all of them: ~90 ms, about 5 % of a self-play run on connect four."""
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 class Trainer:
@@ -416,7 +430,7 @@ class Trainer:
 
     def run(self) -> dict:
         """Step until `cfg.steps`, close, and return the final metrics (the last evaluation's)."""
-        with self:
+        with self, frozen_heap():
             while not self.done:
                 self.step()
             self.log_evals()
