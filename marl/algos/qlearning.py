@@ -175,18 +175,20 @@ class QConfig:
 
 
 class Lazy(dict):
-    """A dict whose entries named in `makers` are computed at their first read: a value head
-    that never reads one (the greedy actions only QTRAN needs, the state only mixers of it)
-    never pays for it."""
+    """A dict whose entries named in `makers` are computed at their first read, each maker
+    called with the dict (to read other entries): a value head that never reads one (the
+    greedy actions only QTRAN needs, the state only mixers of it) never pays for it. Makers
+    get the dict as an argument rather than closing over it, so a batch's tensors and their
+    graph are freed when the step ends, not at Python's next garbage collection."""
 
-    def __init__(self, makers: dict[str, Callable[[], Tensor]], **entries: Tensor):
+    def __init__(self, makers: dict[str, Callable[[dict], Tensor]], **entries: Tensor):
         super().__init__(**entries)
         self.makers = makers
 
     def __missing__(self, key: str) -> Tensor:
         if key not in self.makers:
             raise KeyError(key)
-        value = self[key] = self.makers.pop(key)()
+        value = self[key] = self.makers.pop(key)(self)
         return value
 
 
@@ -370,9 +372,9 @@ class QLearner(nn.Module):
         r = self._rows(s)
         q_now, acting, actions = r["q_now"], r["acting"], r["actions"]
         next_actions, next_q = greedy_next_values(r["q_next"], r["tq_next"], r["next_avail"], cfg.double_q)
-        c = Lazy({"feats": lambda: r["feats"], "state": lambda: r["state"],  # read by some heads only (QTRAN, QMIX)
-                  "greedy": lambda: masked_argmax(q_now.detach(), r["avail"]),
-                  "q_greedy": lambda: q_now.gather(-1, c["greedy"].unsqueeze(-1)).squeeze(-1)},
+        c = Lazy({"feats": lambda c: r["feats"], "state": lambda c: r["state"],  # read by some heads only (QTRAN, QMIX)
+                  "greedy": lambda c: masked_argmax(q_now.detach(), r["avail"]),
+                  "q_greedy": lambda c: q_now.gather(-1, c["greedy"].unsqueeze(-1)).squeeze(-1)},
                  acting=acting, actions=actions, next_actions=next_actions, next_q=next_q * r["next_acting"].to(next_q.dtype),
                  q_taken=q_now.gather(-1, actions.unsqueeze(-1)).squeeze(-1))
         if cfg.returns == "q_lambda":  # Watkins' trace: step t+1's action is the one the bootstrap after step t values
@@ -418,7 +420,7 @@ class QLearner(nn.Module):
             with torch.no_grad():
                 tq_next = self.target_net(x_next)[0]
                 q_next = self.net(x_next)[0] if self.cfg.double_q else tq_next
-            return Lazy({"feats": lambda: torch.cat([x_now, x_next], 1), "state": lambda: torch.stack([s["state"], s["next_state"]], 1)},
+            return Lazy({"feats": lambda r: torch.cat([x_now, x_next], 1), "state": lambda r: torch.stack([s["state"], s["next_state"]], 1)},
                         **step, q_now=q_now, q_next=q_next, tq_next=tq_next, filled=torch.ones_like(step["reward"][:, :, 0]))
         x = self._inputs(s["obs"])
         q = self._unroll(self.net, x)
