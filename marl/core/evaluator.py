@@ -9,6 +9,7 @@ uses the CPU time that training leaves idle while it waits on its env workers (B
 """
 from __future__ import annotations
 
+import pickle
 import signal
 from collections import deque
 from typing import Any, Callable
@@ -31,7 +32,8 @@ def _serve(conn, make_fn: Callable[[], Any], spec: EnvSpec, num_envs: int, episo
             msg = conn.recv()
             if msg is None:
                 return
-            step, policy = msg
+            step, blob = msg
+            policy = pickle.loads(blob)
             try:
                 conn.send(("ok", step, evaluate(vec, policy, episodes, cpu, seed=seed)))
             except MarlError as err:
@@ -73,10 +75,13 @@ class Evaluator:
 
 
 class BackgroundEvaluator:
-    """The same in a background process: `start` sends the policy (a frozen CPU copy, pickled)
-    and returns at once; `results()` waits for the evaluations in flight. The trainer asks for
-    them at fixed points (its next log row, evaluation or the end), so that metrics.jsonl
-    holds the same rows in the same order wherever the evaluations ran."""
+    """The same in a background process: `start` sends the policy (a frozen CPU copy) and
+    returns at once. The policy is pickled to bytes first, so its tensors travel in the message:
+    sent as they are, torch shares them as file descriptors that multiprocessing's fd-sharing
+    thread hands over later, and a run stopping (e.g. diverging) while one was in flight
+    made that thread print a traceback. `results()` waits for the evaluations in flight. The
+    trainer asks for them at fixed points (its next log row, evaluation or the end), so that
+    metrics.jsonl holds the same rows in the same order wherever the evaluations ran."""
 
     def __init__(self, make_fn: Callable[[], Any], spec: EnvSpec, num_envs: int, episodes: int, seed: int):
         ctx = process_context()
@@ -87,7 +92,7 @@ class BackgroundEvaluator:
         self.pending: deque[int] = deque()  # env steps of the evaluations started and not yet returned by `results`
 
     def start(self, step: int, policy: Any) -> None:
-        self._conn.send((step, policy))
+        self._conn.send((step, pickle.dumps(policy, protocol=pickle.HIGHEST_PROTOCOL)))
         self.pending.append(step)
 
     def results(self) -> list[tuple[int, list[EpisodeStats]]]:
