@@ -40,7 +40,7 @@ from marl.algos.mixers import MIXERS
 from marl.algos.optim import OPTIMISERS, clip_grad_norm, flatten
 from marl.algos.registry import ALGOS, AlgoEntry
 from marl.algos.replay import STEP_KEYS, EpisodeBuilder, EpisodeReplay, episode_rows, segment_steps, with_acting
-from marl.algos.returns import RunningNorm, decisions, per_agent_rewards, rewards_differ, scalar_team_reward
+from marl.algos.returns import RunningNorm, decisions, masked_mean, per_agent_rewards, rewards_differ, scalar_team_reward
 from marl.algos.targets import greedy_next_values, masked_argmax, nstep_targets, own_decision_targets, td_lambda_targets
 from marl.algos.transitions import TransitionReplay, one_step_rows
 from marl.core.errors import MarlError, check
@@ -201,6 +201,23 @@ def epsilon_at(cfg: QConfig, env_steps: int) -> float:
     return (1.0 - frac) * cfg.epsilon_start + frac * cfg.epsilon_finish
 
 
+def fitted_means(fits: list[tuple[Tensor, Tensor, Tensor]]) -> tuple[list[Tensor], list[Tensor]]:
+    """The mean over gradient steps of each step's masked mean of its fitted values and of its
+    targets, from (values, targets, mask) per step: computed once for an update's steps (in
+    one pass when their shapes agree), not inside every step."""
+    with torch.no_grad():
+        if all(f[0].shape == fits[0][0].shape for f in fits):
+            q, y, mask = (torch.stack(x) for x in zip(*fits))
+            mask = mask.to(q.dtype).expand_as(q).flatten(1)
+            denom = mask.sum(1).clamp_min(1.0)
+            return [((q.flatten(1) * mask).sum(1) / denom).mean()], [((y.flatten(1) * mask).sum(1) / denom).mean()]
+        q_means, y_means = [], []
+        for q, y, mask in fits:
+            q_means.append(masked_mean(q, mask))
+            y_means.append(masked_mean(y, mask))
+        return q_means, y_means
+
+
 # ----------------------------------------------------------------------------- acting
 class QPolicy(nn.Module):
     """What acting needs of a value-based learner: the agent Q-network and epsilon-greedy over
@@ -333,13 +350,17 @@ class QLearner(nn.Module):
         if not (cfg.updates_per_collect or owed):
             return out
         stats: dict[str, list[Tensor]] = {}
+        fits = []
         steps = cfg.updates_per_collect or owed
         moved = self.replay.device != self.device
         for sample in self.replay.batches(steps, cfg.batch_size, self.sample_gen):
             if moved:
                 sample = {k: v.to(self.device, non_blocking=True) for k, v in sample.items()}
-            for k, v in self._train_step(sample).items():
+            step_stats, fit = self._train_step(sample)
+            for k, v in step_stats.items():
                 stats.setdefault(k, []).append(v)
+            fits.append(fit)
+        stats["q_taken_mean"], stats["target_mean"] = fitted_means(fits)
         means = torch.stack([torch.stack(v).mean() for v in stats.values()]).tolist()  # one device sync
         out.update({f"loss/{k}": m for k, m in zip(stats, means)})
         return out
@@ -431,7 +452,8 @@ class QLearner(nn.Module):
                 "actions_after": s["actions"][:, 1:], "acting_after": s["acting"][:, 1:], "feats": x, "state": s["state"],
                 "filled": s["filled"][:, 1:]}  # step t is real when row t + 1 is filled
 
-    def _train_step(self, s: dict) -> dict[str, Tensor]:
+    def _train_step(self, s: dict) -> tuple[dict[str, Tensor], tuple[Tensor, Tensor, Tensor]]:
+        """One gradient step: its statistics, and (fitted values, targets, mask) for `fitted_means`."""
         cfg = self.cfg
         parts = self.head.loss(self.target_head, self._context(s), self._targets)
         self.opt.zero_grad()
@@ -440,12 +462,8 @@ class QLearner(nn.Module):
         self.opt.step()
         self.grad_steps += 1
         self._update_targets()
-        with torch.no_grad():
-            mask = parts["mask"].to(parts["q"].dtype)  # the fitted values' and targets' means, in one pass
-            q_mean, target_mean = (torch.stack([parts["q"].detach(), parts["target"]]) * mask).flatten(1).sum(1) / mask.sum().clamp_min(1.0)
-            stats = {"td": parts["td"].detach(), "q_taken_mean": q_mean, "target_mean": target_mean, "grad_norm": gnorm}
-            stats.update({k: parts[k].detach() for k in ("opt", "nopt") if k in parts})
-        return stats
+        stats = {"td": parts["td"].detach(), "grad_norm": gnorm, **{k: parts[k].detach() for k in ("opt", "nopt") if k in parts}}
+        return stats, (parts["q"].detach(), parts["target"], parts["mask"])
 
     @torch.no_grad()
     def _update_targets(self) -> None:
