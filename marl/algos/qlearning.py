@@ -201,7 +201,7 @@ def epsilon_at(cfg: QConfig, env_steps: int) -> float:
     return (1.0 - frac) * cfg.epsilon_start + frac * cfg.epsilon_finish
 
 
-def fitted_means(fits: list[tuple[Tensor, Tensor, Tensor]]) -> tuple[list[Tensor], list[Tensor]]:
+def fitted_means(fits: list[tuple[Tensor, Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
     """The mean over gradient steps of each step's masked mean of its fitted values and of its
     targets, from (values, targets, mask) per step: computed once for an update's steps (in
     one pass when their shapes agree), not inside every step."""
@@ -210,12 +210,9 @@ def fitted_means(fits: list[tuple[Tensor, Tensor, Tensor]]) -> tuple[list[Tensor
             q, y, mask = (torch.stack(x) for x in zip(*fits))
             mask = mask.to(q.dtype).expand_as(q).flatten(1)
             denom = mask.sum(1).clamp_min(1.0)
-            return [((q.flatten(1) * mask).sum(1) / denom).mean()], [((y.flatten(1) * mask).sum(1) / denom).mean()]
-        q_means, y_means = [], []
-        for q, y, mask in fits:
-            q_means.append(masked_mean(q, mask))
-            y_means.append(masked_mean(y, mask))
-        return q_means, y_means
+            return ((q.flatten(1) * mask).sum(1) / denom).mean(), ((y.flatten(1) * mask).sum(1) / denom).mean()
+        means = torch.stack([torch.stack([masked_mean(q, mask), masked_mean(y, mask)]) for q, y, mask in fits]).mean(0)
+        return means[0], means[1]
 
 
 # ----------------------------------------------------------------------------- acting
@@ -360,7 +357,8 @@ class QLearner(nn.Module):
             for k, v in step_stats.items():
                 stats.setdefault(k, []).append(v)
             fits.append(fit)
-        stats["q_taken_mean"], stats["target_mean"] = fitted_means(fits)
+        q_mean, target_mean = fitted_means(fits)
+        stats.update(q_taken_mean=[q_mean], target_mean=[target_mean])
         means = torch.stack([torch.stack(v).mean() for v in stats.values()]).tolist()  # one device sync
         out.update({f"loss/{k}": m for k, m in zip(stats, means)})
         return out
