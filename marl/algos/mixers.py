@@ -147,6 +147,11 @@ class IndependentMixer(Mixer):
     needs_state = False
     per_agent = True
 
+    def forward(self, q: Tensor, state: Tensor | None = None) -> Tensor:
+        """The utilities themselves, after the shape check (no reshape on the gradient's path)."""
+        self._check(q, state)
+        return q
+
     def mix(self, q: Tensor, state: Tensor | None) -> Tensor:
         """Identity on the utilities."""
         return q

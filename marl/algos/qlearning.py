@@ -440,7 +440,7 @@ class QLearner(nn.Module):
                 tq_next = self.target_net(x_next)[0]
                 q_next = self.net(x_next)[0] if self.cfg.double_q else tq_next
             return Lazy({"feats": lambda r: torch.cat([x_now, x_next], 1), "state": lambda r: torch.stack([s["state"], s["next_state"]], 1)},
-                        **step, q_now=q_now, q_next=q_next, tq_next=tq_next, filled=torch.ones_like(step["reward"][:, :, 0]))
+                        **step, q_now=q_now, q_next=q_next, tq_next=tq_next, filled=torch.ones(step["done"].shape, dtype=step["reward"].dtype, device=step["done"].device))
         x = self._inputs(s["obs"])
         q = self._unroll(self.net, x)
         with torch.no_grad():
@@ -463,18 +463,18 @@ class QLearner(nn.Module):
         stats = {"td": parts["td"].detach(), "grad_norm": gnorm, **{k: parts[k].detach() for k in ("opt", "nopt") if k in parts}}
         return stats, (parts["q"].detach(), parts["target"], parts["mask"])
 
-    @torch.no_grad()
     def _update_targets(self) -> None:
-        pairs = ((self.net, self.target_net), (self.head, self.target_head))
         rate = self.cfg.target_update_interval_or_tau
-        if rate > 1:
-            if self.grad_steps % int(round(rate)) == 0:
-                for online, target in pairs:
-                    target.load_state_dict(online.state_dict())
+        if rate > 1 and self.grad_steps % int(round(rate)):  # a hard copy is not due: nothing to do
             return
-        for online, target in pairs:
-            for t, o in zip(target.parameters(), online.parameters(), strict=True):
-                t.lerp_(o, rate)
+        pairs = ((self.net, self.target_net), (self.head, self.target_head))
+        with torch.no_grad():
+            for online, target in pairs:
+                if rate > 1:
+                    target.load_state_dict(online.state_dict())
+                    continue
+                for t, o in zip(target.parameters(), online.parameters(), strict=True):
+                    t.lerp_(o, rate)
 
     # -- checkpoint ---------------------------------------------------------------------
     def extra_state(self) -> dict:
