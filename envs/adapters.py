@@ -41,10 +41,16 @@ class GymParallel(ParallelEnv):
         return {"agent_0": obs}, {"agent_0": info}
 
     def step(self, actions: dict):
-        obs, reward, terminated, truncated, info = self.env.step(actions["agent_0"])
+        obs, reward, terminated, truncated, info = self.step_one(actions["agent_0"])
+        return {"agent_0": obs}, {"agent_0": reward}, {"agent_0": terminated}, {"agent_0": truncated}, {"agent_0": info}
+
+    def step_one(self, action: Any) -> tuple[Any, float, bool, bool, dict]:
+        """The agent's step as gymnasium returns it, without `step`'s dicts
+        (`marl.core.vec.OneAgentStep`: VecEnv steps one-agent envs through it)."""
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        terminated, truncated = bool(terminated), bool(truncated)
         self.agents = [] if (terminated or truncated) else ["agent_0"]
-        return ({"agent_0": obs}, {"agent_0": float(reward)}, {"agent_0": bool(terminated)},
-                {"agent_0": bool(truncated)}, {"agent_0": info})
+        return obs, float(reward), terminated, truncated, info
 
     def render(self):
         return self.env.render()

@@ -139,7 +139,7 @@ class Encoder:
         self.spec = spec
         self.index = {a: i for i, a in enumerate(spec.agents)}
         self._obs_spaces = [_obs_part(env.observation_space(a)) for a in spec.agents]
-        self._simple = all(isinstance(s, spaces.Box) for s in self._obs_spaces)
+        self.simple = all(isinstance(s, spaces.Box) for s in self._obs_spaces)  # every observation is a Box: read as is
         base = np.zeros((spec.n_agents, max(spec.action_sizes)), dtype=bool)
         if spec.discrete:
             for i, n in enumerate(spec.action_sizes):
@@ -164,7 +164,7 @@ class Encoder:
 
     def obs(self, obs: dict, infos: dict | None, out_obs: np.ndarray, out_avail: np.ndarray) -> None:
         """Write obs [N, D] and avail [N, A] for the agents present in `obs` (others untouched)."""
-        index, simple, dims = self.index, self._simple, self.spec.obs_dims
+        index, simple, dims = self.index, self.simple, self.spec.obs_dims
         for agent, value in obs.items():
             i = index[agent]
             mask = None

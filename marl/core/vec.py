@@ -20,7 +20,7 @@ import os
 import signal
 import sys
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -29,6 +29,15 @@ from marl.core.snapshots import dump_envs, load_envs, regroup
 from marl.core.spec import Encoder, EnvSpec, ObsShapeError
 
 OBS_FIELDS = ("obs", "state", "avail", "alive", "acting")
+
+
+@runtime_checkable
+class OneAgentStep(Protocol):
+    """A one-agent ParallelEnv that also steps without dicts (`envs.adapters.GymParallel`):
+    `step_one(action)` is `step({agent: action})` as gymnasium's (obs, reward, terminated,
+    truncated, info), with the env's `agents` updated the same way."""
+
+    def step_one(self, action: Any) -> tuple[Any, float, bool, bool, dict]: ...
 
 
 @dataclass
@@ -121,6 +130,9 @@ class _Envs:
         self._unpadded = len(set(self.spec.obs_dims)) == 1  # every agent's observation fills its whole row
         self.discrete = self.spec.discrete
         self._where = (0, 0)  # (env copy, episode step) of the observation being read, for error lines
+        # one agent with a vector observation and no state of its own, stepped without dicts (`_step_one`)
+        self._one = (self.spec.n_agents == 1 and not self.spec.has_state and self.enc[0].simple
+                     and all(isinstance(env, OneAgentStep) for env in self.envs))
         if not self.discrete:
             self.low = np.asarray(self.spec.action_low, np.float32)
             self.high = np.asarray(self.spec.action_high, np.float32)
@@ -187,8 +199,62 @@ class _Envs:
             out[a] = np.clip(row[i, :size], self.low[i, :size], self.high[i, :size])
         return out
 
+    def _step_error(self, k: int, acts: dict, err: Exception) -> EnvStepError:
+        """The env's own bug or a bad action, named with where it happened."""
+        return EnvStepError(
+            f"env '{self.spec.name}' (copy {k}) raised {type(err).__name__}: {err} at episode step {self.ep_len[k] + 1} "
+            f"for agents {sorted(acts)} with actions {acts}",
+            "fix the env or the action it rejects; the last checkpoint is kept",
+        )
+
+    def _step_one(self, actions: np.ndarray) -> tuple[dict[str, np.ndarray], list[EpisodeStats]]:
+        """`step` for one-agent envs (`_one`): the same arrays, each field written for all
+        envs at once; an env that reports an action mask in its info is read the general way."""
+        b, episodes, agent = self.buf, [], self.spec.agents[0]
+        if self.discrete:
+            acts = actions[:, 0].tolist()
+        else:
+            size = self.spec.action_sizes[0]
+            acts = list(np.clip(actions[:, 0, :size], self.low[0, :size], self.high[0, :size]))
+        steps = self.ep_len.copy()
+        out = []
+        for k, env in enumerate(self.envs):
+            try:
+                out.append(env.step_one(acts[k]))
+            except Exception as err:
+                raise self._step_error(k, {agent: acts[k]}, err) from err
+        obs, rewards, terms, truncs, infos = zip(*out)
+        term = np.array(terms)
+        b["reward"][:, 0] = rewards
+        b["terminated"][:, 0] = term
+        b["truncated"][:, 0] = np.array(truncs) & ~term
+        b["done"][:] = False
+        self.ep_return += b["reward"]
+        self.ep_len += 1
+        ended = term | np.array(truncs)
+        flat = [np.ravel(o) for o in obs]
+        if any(f.shape[0] != self.spec.obs_dims[0] for f in flat) or any("action_mask" in i for i in infos):
+            for k in range(len(self.envs)):  # the general reading: its shape error, the masks
+                self._where = (k, int(self.ep_len[k]))
+                self._observe(k, {agent: obs[k]}, {agent: infos[k]})
+        else:
+            b["obs"][:, 0] = flat
+            b["avail"][:] = self.enc[0].base_avail
+            b["alive"][:] = True
+            b["acting"][:] = True
+            b["state"][:] = b["obs"].reshape(len(self.envs), -1)
+        for k in np.flatnonzero(ended).tolist():
+            b["final_obs"][k], b["final_avail"][k], b["final_state"][k] = b["obs"][k], b["avail"][k], b["state"][k]
+            b["done"][k] = True
+            episodes.append(EpisodeStats(float(self.ep_return[k].sum()), self.ep_return[k].copy(), int(self.ep_len[k]), k))
+            self._reset_env(k)
+        self._check_finite(steps)
+        return b, episodes
+
     @_naming_bad_obs
     def step(self, actions: np.ndarray) -> tuple[dict[str, np.ndarray], list[EpisodeStats]]:
+        if self._one:
+            return self._step_one(actions)
         b, episodes = self.buf, []
         for key in ("reward", "terminated", "truncated", "done"):
             b[key][:] = False
@@ -198,12 +264,8 @@ class _Envs:
             acts = self._actions(k, actions[k])
             try:
                 obs, rew, term, trunc, infos = env.step(acts)
-            except Exception as err:  # the env's own bug or a bad action: name where it happened
-                raise EnvStepError(
-                    f"env '{self.spec.name}' (copy {k}) raised {type(err).__name__}: {err} at episode step {self.ep_len[k] + 1} "
-                    f"for agents {sorted(acts)} with actions {acts}",
-                    "fix the env or the action it rejects; the last checkpoint is kept",
-                ) from err
+            except Exception as err:
+                raise self._step_error(k, acts, err) from err
             index = self.enc[k].index
             for agent, r in rew.items():
                 b["reward"][k, index[agent]] = r
