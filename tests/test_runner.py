@@ -1,8 +1,10 @@
 """The vectorised runner: last reward counted, truncation vs termination, alive masks,
-padding, masks from infos, worker processes, exact env snapshots, env errors."""
+padding, masks from infos, worker processes, exact env snapshots, env errors, the one-agent path."""
+import gymnasium
 import numpy as np
 import pytest
 
+from envs.adapters import GymParallel
 from marl import envs
 from marl.core.errors import EnvStepError
 from marl.core.vec import VecEnv, env_seeds
@@ -164,3 +166,43 @@ def test_nearby_run_seeds_share_no_env_seed():
     assert all(len(r) == 100 for r in runs)
     assert not (runs[0] & runs[1]) and not (runs[1] & runs[2]) and not (runs[0] & runs[2])
     assert env_seeds(1, 4) == env_seeds(1, 100)[:4]  # env k's seed does not depend on E
+
+
+class _MaskedGym(gymnasium.Env):
+    """A one-agent gymnasium env whose info carries an action mask at odd steps; episodes end
+    by termination, by a time limit, or by both at once."""
+
+    observation_space = gymnasium.spaces.Box(-1.0, 1.0, (3,), np.float32)
+    action_space = gymnasium.spaces.Discrete(3)
+
+    def reset(self, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return self.np_random.uniform(-1, 1, 3).astype(np.float32), {}
+
+    def step(self, action):
+        self.t += 1
+        info = {"action_mask": np.array([1, self.t % 3 != 0, 1], np.int8)} if self.t % 2 else {}
+        ends = self.np_random.random() < (0.5 if self.t == 30 else 0.05)  # at the time limit: both flags half the time
+        return self.np_random.uniform(-1, 1, 3).astype(np.float32), float(action) - 1.0, bool(ends), self.t >= 30, info
+
+
+@pytest.mark.parametrize("factory", [envs.make_factory("gym/CartPole-v1"), envs.make_factory("gym/Pendulum-v1"),
+                                     lambda: GymParallel(_MaskedGym())], ids=["cartpole", "pendulum", "masked"])
+def test_one_agent_envs_step_to_the_same_arrays_as_the_general_path(factory):
+    """VecEnv steps one-agent gymnasium envs without dicts (`_step_one`); the arrays and the
+    finished episodes are those of the general per-agent reading, masks in infos included."""
+    fast, general = VecEnv(factory, 4, seed=2), VecEnv(factory, 4, seed=2)
+    general._local._one = False
+    assert fast._local._one
+    a, b = fast.reset(), general.reset()
+    rng = np.random.default_rng(0)
+    for _ in range(120):
+        if fast.spec.discrete:
+            actions = _random_actions(a["avail"], rng)
+        else:  # beyond the box: both paths clip
+            actions = rng.uniform(-4, 4, (4, 1, fast.spec.n_actions)).astype(np.float32)
+        (a, ea), (b, eb) = fast.step(actions), general.step(actions)
+        for key in a:
+            np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+        assert [(e.env, e.team_return, e.length) for e in ea] == [(e.env, e.team_return, e.length) for e in eb]
