@@ -106,7 +106,7 @@ class TransitionReplay:
         pays the sampling once."""
         if n < 1:
             return []
-        parts = {k: v.split(batch_size) for k, v in self.sample(n * batch_size, generator).items()}
+        parts = {k: v.view(n, batch_size, *v.shape[1:]).unbind() for k, v in self.sample(n * batch_size, generator).items()}
         return [{k: p[i] for k, p in parts.items()} for i in range(n)]
 
     def state_dict(self) -> dict:

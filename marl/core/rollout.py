@@ -84,7 +84,8 @@ class Collector:
             for k in ("reward", "terminated", "truncated", "done", "final_obs", "final_state", "final_avail"):
                 self._buffer(k, T, step[k])[t].copy_(step[k])
             self.last = {k: step[k].to(self.device, copy=True) for k in OBS_FIELDS}
-            self.hidden = reset_hidden(self.hidden, self.last["alive"].new_tensor(arrays["done"]))
+            if self.hidden is not None:
+                self.hidden = reset_hidden(self.hidden, self.last["alive"].new_tensor(arrays["done"]))
         for k, buf in self._bufs.items():
             if buf.shape[0] == T:
                 batch[k] = buf
