@@ -46,8 +46,8 @@ def main(argv: list[str] | None = None) -> int:
         _error_line(e, f"no space left on the disk{where} ({os.strerror(e.errno)}); free space there and continue "
                        "with --resume (the last good checkpoint is kept)")
         raise SystemExit(2) from None
-    except KeyboardInterrupt:
-        print(f"\ninterrupted{_interrupt_hint(_training)}", file=sys.stderr)
+    except KeyboardInterrupt as e:  # its text, if any, says what the interrupted command left
+        print(f"\ninterrupted{_interrupt_hint(_training)}{'; ' + str(e) if str(e) else ''}", file=sys.stderr)
         raise SystemExit(130) from None
 
 

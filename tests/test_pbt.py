@@ -178,3 +178,33 @@ def test_pbt_runs_on_an_existing_cluster(tmp_path):
     finally:
         head.terminate()
         head.wait(60)
+
+
+@pytest.mark.slow  # ~30-60 s: python -m pytest tests/test_pbt.py -m slow -q
+def test_ctrl_c_stops_the_population_with_exit_130_and_no_result(tmp_path):
+    """Ctrl-C on `marl pbt`: Tune stops the members and returns; the command does not report the
+    stopped population as its result (no population.json, no table) but says where it stopped,
+    exit 130, and the members keep their checkpoints."""
+    import subprocess
+    import sys
+
+    pop = tmp_path / "pop"
+    cli = [sys.executable, "-c", "import sys; from marl.cli import main; sys.exit(main(sys.argv[1:]))"]
+    proc = subprocess.Popen([*cli, "pbt", "--algo", "ippo", "--env", "builtin/identity", "--steps", "40000", "--members", "2",
+                             "--interval", "800", "--hparams", "lr=1e-4:1e-2", "--num-cpus", "2", "--run-dir", str(pop),
+                             "--workers", "0", "--eval-episodes", "8", "--wandb", "disabled", "--progress", "false"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while not (pop / "member_0" / "checkpoints" / "step_800.pt").is_file() and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+        assert proc.poll() is None, proc.stderr.read()[-2000:]
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    last = err.strip().splitlines()[-1]
+    assert proc.returncode == 130, err[-2000:]
+    assert last.startswith("interrupted") and "stopped before --steps 40000" in last and str(pop) in last, last
+    assert not (pop / "population.json").exists() and "member" not in out
+    assert all((pop / f"member_{k}" / "checkpoints" / "latest.pt").is_file() for k in (0, 1))
