@@ -300,8 +300,8 @@ def run_pbt(cfg: TrainConfig, algo_cfg, pbt: PBTConfig) -> dict:
     errors = [r.error for r in grid if r.error is not None]
     check(not errors, f"a member failed more than --max-failures times: {str(errors[0]).strip().splitlines()[-1] if errors else ''}",
           "see the member's metrics.jsonl and Ray's log under the population directory; raise --max-failures")
-    steps = sorted(int(r.metrics.get("step", 0)) for r in grid)
-    if steps[0] < cfg.steps:  # Tune stops its members early only when the experiment is stopped (Ctrl-C, SIGTERM)
+    steps = sorted(int((r.metrics or {}).get("step", 0)) for r in grid)
+    if steps[0] < cfg.steps:  # Tune ends members early without an error only when the experiment is stopped (Ctrl-C)
         raise KeyboardInterrupt(f"the population stopped before --steps {cfg.steps} (its members at steps {steps}), so no "
                                 f"population.json was written; the members' metrics and checkpoints stay in {population}")
     return summarise(population, [r.metrics for r in grid], list(ranges))
