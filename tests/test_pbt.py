@@ -182,9 +182,10 @@ def test_pbt_runs_on_an_existing_cluster(tmp_path):
 
 @pytest.mark.slow  # ~30-60 s: python -m pytest tests/test_pbt.py -m slow -q
 def test_ctrl_c_stops_the_population_with_exit_130_and_no_result(tmp_path):
-    """Ctrl-C on `marl pbt`: Tune stops the members and returns; the command does not report the
-    stopped population as its result (no population.json, no table) but says where it stopped,
-    exit 130, and the members keep their checkpoints."""
+    """Ctrl-C on `marl pbt` once both members have checkpointed: Tune stops the members and
+    returns; the command does not report the stopped population as its result (no
+    population.json, no table) but says where it stopped, exit 130, and the members keep their
+    checkpoints."""
     import subprocess
     import sys
 
@@ -196,7 +197,8 @@ def test_ctrl_c_stops_the_population_with_exit_130_and_no_result(tmp_path):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.time() + 120
-        while not (pop / "member_0" / "checkpoints" / "step_800.pt").is_file() and time.time() < deadline and proc.poll() is None:
+        first = [pop / f"member_{k}" / "checkpoints" / "step_800.pt" for k in (0, 1)]
+        while not all(f.is_file() for f in first) and time.time() < deadline and proc.poll() is None:
             time.sleep(0.2)
         assert proc.poll() is None, proc.stderr.read()[-2000:]
         proc.send_signal(signal.SIGINT)
