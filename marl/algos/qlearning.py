@@ -440,7 +440,7 @@ class QLearner(nn.Module):
                 tq_next = self.target_net(x_next)[0]
                 q_next = self.net(x_next)[0] if self.cfg.double_q else tq_next
             return Lazy({"feats": lambda r: torch.cat([x_now, x_next], 1), "state": lambda r: torch.stack([s["state"], s["next_state"]], 1)},
-                        **step, q_now=q_now, q_next=q_next, tq_next=tq_next, filled=torch.ones(step["done"].shape, dtype=step["reward"].dtype, device=step["done"].device))
+                        **step, q_now=q_now, q_next=q_next, tq_next=tq_next, filled=step["reward"].new_ones(step["done"].shape))
         x = self._inputs(s["obs"])
         q = self._unroll(self.net, x)
         with torch.no_grad():
@@ -472,9 +472,9 @@ class QLearner(nn.Module):
             for online, target in pairs:
                 if rate > 1:
                     target.load_state_dict(online.state_dict())
-                    continue
-                for t, o in zip(target.parameters(), online.parameters(), strict=True):
-                    t.lerp_(o, rate)
+                else:
+                    for t, o in zip(target.parameters(), online.parameters(), strict=True):
+                        t.lerp_(o, rate)
 
     # -- checkpoint ---------------------------------------------------------------------
     def extra_state(self) -> dict:

@@ -199,6 +199,13 @@ class _Envs:
             out[a] = np.clip(row[i, :size], self.low[i, :size], self.high[i, :size])
         return out
 
+    def _finish(self, k: int) -> EpisodeStats:
+        """Env k's episode ended at this step: mark it done, reset the env, return the episode."""
+        self.buf["done"][k] = True
+        episode = EpisodeStats(float(self.ep_return[k].sum()), self.ep_return[k].copy(), int(self.ep_len[k]), k)
+        self._reset_env(k)
+        return episode
+
     def _step_error(self, k: int, acts: dict, err: Exception) -> EnvStepError:
         """The env's own bug or a bad action, named with where it happened."""
         return EnvStepError(
@@ -245,9 +252,7 @@ class _Envs:
             b["state"][:] = b["obs"].reshape(len(self.envs), -1)
         for k in np.flatnonzero(ended).tolist():
             b["final_obs"][k], b["final_avail"][k], b["final_state"][k] = b["obs"][k], b["avail"][k], b["state"][k]
-            b["done"][k] = True
-            episodes.append(EpisodeStats(float(self.ep_return[k].sum()), self.ep_return[k].copy(), int(self.ep_len[k]), k))
-            self._reset_env(k)
+            episodes.append(self._finish(k))
         self._check_finite(steps)
         return b, episodes
 
@@ -291,9 +296,7 @@ class _Envs:
             if env.agents:
                 self._observe(k, obs, infos)
             else:
-                b["done"][k] = True
-                episodes.append(EpisodeStats(float(self.ep_return[k].sum()), self.ep_return[k].copy(), int(self.ep_len[k]), k))
-                self._reset_env(k)
+                episodes.append(self._finish(k))
         self._check_finite(steps)
         return b, episodes
 
