@@ -6,13 +6,13 @@ In one process, one after the other and again in reverse order (this machine's s
          moves per second;
   train  the README's self-play command, `marl train --algo ippo --env
          pettingzoo.classic/connect_four_v3 --self-play --opponents random --sampling uniform
-         --num-envs 32` (the default network and PPO settings, a pool of snapshots and the random
-         player; no evaluations), moves per second of training (`perf/steps_per_s`: collection
+         --num-envs 128 --rollout-len 7` (the default network and PPO settings, a pool of snapshots
+         and the random player; no evaluations), moves per second of training (`perf/steps_per_s`: collection
          with the pool's opponents and the learner's updates, as the trainer logs it) and of
          wall time.
 Reports both rates and their ratio (target: training at least 50 % of the raw rate).
 
-  python scripts/bench_selfplay.py [--steps 50000] [--raw-seconds 10] [--workers 2] [--num-envs 32] [--out bench-results/selfplay]
+  python scripts/bench_selfplay.py [--steps 50000] [--raw-seconds 10] [--workers 2] [--num-envs 128] [--rollout-len 7] [--out bench-results/selfplay]
 """
 from __future__ import annotations
 
@@ -50,7 +50,8 @@ def raw_rate(seconds: float, seed: int = 0) -> float:
     return moves / (time.perf_counter() - start)
 
 
-def train_rate(steps: int, workers: int, num_envs: int, run_dir: Path) -> dict:
+def train_rate(steps: int, workers: int, num_envs: int, run_dir: Path, rollout_len: int = 7) -> dict:
+    from marl.algos import ALGOS
     from marl.config import TrainConfig
     from marl.population.selfplay import SelfPlayConfig, train_self_play
 
@@ -58,7 +59,7 @@ def train_rate(steps: int, workers: int, num_envs: int, run_dir: Path) -> dict:
     cfg = TrainConfig(algo="ippo", env=C4, steps=steps, workers=workers, num_envs=num_envs, device="cpu", run_dir=str(run_dir),
                       eval_interval=0, log_interval=steps, checkpoint_interval=steps, wandb="disabled", progress=False)
     start = time.perf_counter()
-    train_self_play(cfg, cfg=SelfPlayConfig(self_play=True, opponents=["random"], sampling="uniform"))
+    train_self_play(cfg, ALGOS.get("ippo").make_config(rollout_len=rollout_len), SelfPlayConfig(self_play=True, opponents=["random"], sampling="uniform"))
     wall = time.perf_counter() - start
     last = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()][-1]
     return {"train_moves_per_s": last["perf/steps_per_s"], "wall_moves_per_s": steps / wall}
@@ -69,7 +70,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=50_000, help="training moves per timed run")
     p.add_argument("--raw-seconds", type=float, default=10.0, help="seconds of each raw measurement")
     p.add_argument("--workers", type=int, default=2, help="--workers of the training run")
-    p.add_argument("--num-envs", type=int, default=32, help="--num-envs of the training run (the README command's)")
+    p.add_argument("--num-envs", type=int, default=128, help="--num-envs of the training run (the README command's)")
+    p.add_argument("--rollout-len", type=int, default=7, help="--rollout-len of the training run (the README command's)")
     p.add_argument("--out", default="bench-results/selfplay", help="run directories go here")
     a = p.parse_args()
     out = Path(a.out)
@@ -79,13 +81,13 @@ def main() -> None:
             if what == "raw":
                 raws.append(raw_rate(a.raw_seconds))
             else:
-                trains.append(train_rate(a.steps, a.workers, a.num_envs, out / f"run{len(trains)}"))
+                trains.append(train_rate(a.steps, a.workers, a.num_envs, out / f"run{len(trains)}", a.rollout_len))
     raw = float(np.mean(raws))
     rates = [t["train_moves_per_s"] for t in trains]
     train = float(np.mean(rates))
     wall = float(np.mean([t["wall_moves_per_s"] for t in trains]))
     print(f"raw connect_four_v3 AEC, random moves: {raw:,.0f} moves/s ({', '.join(f'{r:,.0f}' for r in raws)})")
-    print(f"self-play training (ippo, pool, {a.num_envs} envs, workers={a.workers}): {train:,.0f} moves/s "
+    print(f"self-play training (ippo, pool, {a.num_envs} envs x {a.rollout_len} steps, workers={a.workers}): {train:,.0f} moves/s "
           f"({', '.join(f'{r:,.0f}' for r in rates)}); wall {wall:,.0f} moves/s")
     print(f"training / raw: {train / raw:.2f} (target >= 0.50); wall / raw: {wall / raw:.2f}")
 

@@ -244,8 +244,12 @@ def test_tictactoe_self_play_wins_or_draws_95_percent_against_random_from_both_s
 
 @pytest.mark.slow
 def test_connect_four_self_play_beats_random_90_percent_from_both_seats_within_100k_moves(tmp_path):
-    """python -m pytest tests/test_selfplay.py -m slow -k connect_four"""
-    policy, spec = _trained_by_self_play(tmp_path, C4, 100_000, 32, {}, sampling="uniform", opponents=["random"])
+    """python -m pytest tests/test_selfplay.py -m slow -k connect_four
+
+    The README's command: 128 envs x 7 steps. Wins of the second (harder) seat out of 200 at
+    seeds 0-7 were 191, 190, 184, 190, 186, 177, 183, 183 (first seat 193-198); with 32 envs x
+    25 steps 186, 179, 176, 167, 173, 187, 184, 182 (first seat 179-195)."""
+    policy, spec = _trained_by_self_play(tmp_path, C4, 100_000, 128, {"rollout_len": 7}, sampling="uniform", opponents=["random"])
     for seat, (win, draw, loss) in enumerate(_against_random(policy, spec, C4)):
         assert win >= 180, f"seat {seat}: {win} wins, {draw} draws, {loss} losses"
 
