@@ -165,6 +165,17 @@ class ActorPolicy(torch.nn.Module):
         return ActorStack(policies, gen)
 
 
+def packed_slots(member: torch.Tensor, m: int) -> torch.Tensor:
+    """slot[r]: how many rows before row r have the same member (in 0..m-1): row r's place
+    in its member's block when each member's rows are packed in order."""
+    order = torch.argsort(member, stable=True)
+    counts = torch.bincount(member, minlength=m)
+    first = counts.cumsum(0) - counts  # where each member's rows start in `order`
+    slot = torch.empty_like(member)
+    slot[order] = torch.arange(len(member), device=member.device) - first[member[order]]
+    return slot
+
+
 def _choose(out: torch.Tensor, log_std: torch.Tensor | None, avail: torch.Tensor, explore: bool,
             gen: torch.Generator, logp: bool = True) -> tuple[torch.Tensor, dict]:
     """The action from the actor's output [..., n, out] (masked logits, or a Gaussian's mean
@@ -185,8 +196,9 @@ def _choose(out: torch.Tensor, log_std: torch.Tensor | None, avail: torch.Tensor
 
 class ActorStack(torch.nn.Module):
     """M feed-forward `ActorPolicy` copies of one architecture as one module (`stack_nets`):
-    `act_members(inputs, member, explore)` acts for row e with copy member[e]. Every copy runs
-    on every row in one batched pass: M times one copy's arithmetic, one call's overhead."""
+    `act_members(inputs, member, explore)` acts for row e with copy member[e], in one batched
+    pass with one call's overhead. Each copy's rows are packed into its block of a [W, M*n]
+    batch (W: the most rows of one copy), so every copy runs on W rows, not on all of them."""
 
     def __init__(self, policies: list[ActorPolicy], gen: torch.Generator):
         super().__init__()
@@ -202,8 +214,11 @@ class ActorStack(torch.nn.Module):
         obs = inputs["obs"]
         rows, n = obs.shape[:2]
         x = with_agent_id(obs) if self.agent_id else obs
-        x = x.unsqueeze(1).expand(rows, self.m, n, x.shape[-1]).reshape(rows, self.m * n, x.shape[-1])
-        out = self.actor(x)[0].view(rows, self.m, n, -1)[torch.arange(rows, device=obs.device), member]
+        member = member.to(obs.device)
+        slot = packed_slots(member, self.m)
+        packed = x.new_zeros(int(slot.max()) + 1 if rows else 0, self.m, n, x.shape[-1])
+        packed[slot, member] = x
+        out = self.actor(packed.flatten(1, 2))[0].unflatten(1, (self.m, n))[slot, member]
         log_std = None if self.log_std is None else self.log_std.view(self.m, n, -1)[member]
         return _choose(out, log_std, inputs["avail"], explore, self.gen, logp=False)[0]
 
