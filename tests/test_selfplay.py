@@ -116,6 +116,12 @@ def test_pool_snapshots_act_together_each_on_its_own_envs():
     assert torch.equal(again, actions) and not old.stacks and old.fixed["four"].calls == 2  # its copy of "four" acted again
 
 
+def test_packed_slots_number_each_members_rows_in_order():
+    from marl.algos.onpolicy import packed_slots
+
+    assert packed_slots(torch.tensor([2, 0, 2, 1, 0, 2]), 4).tolist() == [0, 0, 1, 0, 1, 2]
+
+
 def test_pfsp_pool_policy_draws_the_member_the_learner_loses_to():
     E = 400
     pp, spec = _pool_policy(E, sampling="pfsp")
