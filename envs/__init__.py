@@ -120,7 +120,21 @@ def _pettingzoo(module: str, **kwargs: Any) -> ParallelEnv:
     mod = _import_quietly(module)
     if hasattr(mod, "parallel_env"):
         return mod.parallel_env(**kwargs)
-    return TurnBasedParallel(mod.env(**kwargs))
+    return TurnBasedParallel(without_checks(mod.env(**kwargs)))
+
+
+def without_checks(env: AECEnv) -> AECEnv:
+    """`env` past its outer OrderEnforcing and AssertOutOfBounds wrappers (PettingZoo's
+    classic games: module.env() = OrderEnforcing(AssertOutOfBounds(TerminateIllegal(raw_env)))).
+    They only check the caller: TurnBasedParallel resets before stepping and VecEnv checks
+    that every action lies in its agent's range. The wrappers that change the game (an illegal
+    move ends it with a penalty) stay. Same observations, rewards and flags (tests/test_envs.py);
+    a move costs ~15 % less on connect four."""
+    from pettingzoo.utils.wrappers import AssertOutOfBoundsWrapper, OrderEnforcingWrapper
+
+    while isinstance(env, (OrderEnforcingWrapper, AssertOutOfBoundsWrapper)):
+        env = env.env
+    return env
 
 
 def _gym(env_id: str, wrappers: str | list[str] = (), **kwargs: Any) -> ParallelEnv:

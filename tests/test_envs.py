@@ -171,6 +171,53 @@ def test_turn_based_adapter_invariants():
         assert sum(rew.values()) == 0 and sorted(rew.values()) in ([-1.0, 1.0], [0.0, 0.0])
 
 
+def _turn_based_game(env, seed: int) -> list:
+    """One game of uniformly random legal moves (drawn from `seed`): every step's tuple."""
+    rng = np.random.default_rng(seed)
+    obs, _ = env.reset(seed=seed)
+    steps = []
+    while env.agents:
+        (actor,) = (a for a in obs if a in env.agents)
+        actions = {actor: int(rng.choice(np.flatnonzero(obs[actor]["action_mask"])))}
+        obs, rew, term, trunc, info = env.step(actions)
+        steps.append((actions, obs, rew, term, trunc, info))
+    return steps
+
+
+@pytest.mark.parametrize("game", ["connect_four_v3", "tictactoe_v3", "leduc_holdem_v4"])  # AEC-only modules (rps_v2 has a parallel_env)
+def test_classic_games_without_the_check_wrappers_play_as_the_standard_env(game):
+    import importlib
+
+    from pettingzoo.utils.wrappers import AssertOutOfBoundsWrapper, OrderEnforcingWrapper
+
+    ours, std = envs.make(f"pettingzoo.classic/{game}"), TurnBasedParallel(importlib.import_module(f"pettingzoo.classic.{game}").env())
+    chain, e = [], ours.aec
+    while e is not None:
+        chain.append(type(e))
+        e = getattr(e, "env", None)
+    assert OrderEnforcingWrapper not in chain and AssertOutOfBoundsWrapper not in chain and len(chain) >= 1
+    for seed in range(3):
+        a, b = _turn_based_game(ours, seed), _turn_based_game(std, seed)
+        assert len(a) == len(b) > 0
+        for x, y in zip(a, b):
+            assert x[0] == y[0] and x[2:] == y[2:] and set(x[1]) == set(y[1])
+            for agent in y[1]:
+                o, p = x[1][agent], y[1][agent]
+                assert all(np.array_equal(o[k], p[k]) for k in p) if isinstance(p, dict) else np.array_equal(o, p)
+
+
+def test_an_illegal_classic_move_still_ends_the_game_with_the_penalty():
+    env = envs.make("pettingzoo.classic/connect_four_v3")
+    obs, _ = env.reset(seed=0)
+    for _ in range(6):  # fill column 0
+        (actor,) = obs
+        obs, *_ = env.step({actor: 0})
+    (actor,) = obs
+    assert not obs[actor]["action_mask"][0]
+    obs, rew, term, trunc, _ = env.step({actor: 0})
+    assert rew[actor] == -1.0 and all(term.values()) and env.agents == []
+
+
 def test_turn_based_loser_gets_final_reward():
     env = envs.make("pettingzoo.classic/connect_four_v3")
     obs, _ = env.reset(seed=0)

@@ -148,6 +148,20 @@ def test_env_error_names_env_step_and_agents():
         vec.step(np.zeros((1, 2), np.int64))
 
 
+@pytest.mark.parametrize("workers", [0, 2])
+def test_an_action_outside_its_agents_range_is_refused_before_any_env_steps(workers):
+    vec = VecEnv(envs.make_factory("pettingzoo.classic/tictactoe_v3"), 2, seed=0, workers=workers)
+    vec.reset()
+    before = vec.get_state()
+    for bad, shown in ((9, "9"), (-1, "-1")):
+        actions = np.zeros((2, 2), np.int64)
+        actions[1, 1] = bad
+        with pytest.raises(EnvStepError, match=rf"action {shown} of agent 'player_2' in env copy 1 is outside its 9 actions \(0..8\)"):
+            vec.step(actions)
+    assert vec.get_state() == before
+    vec.close()
+
+
 def test_workers_from_a_program_on_stdin_fail_with_one_line():
     """Worker processes re-import __main__; a program piped on stdin has no file to import."""
     import subprocess

@@ -372,6 +372,7 @@ class VecEnv:
             spec = EnvSpec.from_env(probe, name=getattr(make_fn, "env_name", ""))
             probe.close()
         self.spec = spec
+        self._sizes = np.asarray(spec.action_sizes)  # each agent's discrete actions
         seeds = env_seeds(seed, num_envs)
         if workers == 0:
             self._local = _Envs(make_fn, seeds, self.spec)
@@ -417,6 +418,8 @@ class VecEnv:
 
     def step(self, actions: np.ndarray) -> tuple[dict[str, np.ndarray], list[EpisodeStats]]:
         """Step every env with actions [E,N] (discrete) or [E,N,A] (continuous)."""
+        if self.spec.discrete and not ((actions >= 0) & (actions < self._sizes)).all():
+            raise self._range_error(actions)
         if self.workers == 0:
             return self._local.step(actions)
         self._actions[...] = actions
@@ -426,6 +429,12 @@ class VecEnv:
                 ep.env += rows.start
                 episodes.append(ep)
         return self._buf, episodes
+
+    def _range_error(self, actions: np.ndarray) -> EnvStepError:
+        k, i = (int(x) for x in np.argwhere((actions < 0) | (actions >= self._sizes))[0])
+        return EnvStepError(f"action {int(actions[k, i])} of agent '{self.spec.agents[i]}' in env copy {k} is outside its "
+                            f"{self._sizes[i]} actions (0..{self._sizes[i] - 1})",
+                            "fix the policy that chose it (e.g. a --policies or --opponents module:factory); the last checkpoint is kept")
 
     def render(self, k: int = 0):
         """Frame of env k (in-process envs only; the env must be built with a render_mode)."""
