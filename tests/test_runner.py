@@ -150,15 +150,17 @@ def test_env_error_names_env_step_and_agents():
 
 @pytest.mark.parametrize("workers", [0, 2])
 def test_an_action_outside_its_agents_range_is_refused_before_any_env_steps(workers):
+    """player_1 moves first in tictactoe; player_2's action is not read at that step."""
     vec = VecEnv(envs.make_factory("pettingzoo.classic/tictactoe_v3"), 2, seed=0, workers=workers)
     vec.reset()
     before = vec.get_state()
-    for bad, shown in ((9, "9"), (-1, "-1")):
-        actions = np.zeros((2, 2), np.int64)
-        actions[1, 1] = bad
-        with pytest.raises(EnvStepError, match=rf"action {shown} of agent 'player_2' in env copy 1 is outside its 9 actions \(0..8\)"):
+    for bad in (9, -1):
+        actions = np.array([[0, 0], [bad, 0]])
+        with pytest.raises(EnvStepError, match=rf"action {bad} of agent 'player_1' in env copy 1 is outside its 9 actions \(0..8\)"):
             vec.step(actions)
     assert vec.get_state() == before
+    b, _ = vec.step(np.array([[0, 9], [4, -1]]))  # the waiting player's values are ignored
+    assert b["acting"][:, 1].all() and not b["acting"][:, 0].any()
     vec.close()
 
 

@@ -419,7 +419,7 @@ class VecEnv:
     def step(self, actions: np.ndarray) -> tuple[dict[str, np.ndarray], list[EpisodeStats]]:
         """Step every env with actions [E,N] (discrete) or [E,N,A] (continuous)."""
         if self.spec.discrete and not ((actions >= 0) & (actions < self._sizes)).all():
-            raise self._range_error(actions)
+            self._check_range(actions)
         if self.workers == 0:
             return self._local.step(actions)
         self._actions[...] = actions
@@ -430,11 +430,15 @@ class VecEnv:
                 episodes.append(ep)
         return self._buf, episodes
 
-    def _range_error(self, actions: np.ndarray) -> EnvStepError:
-        k, i = (int(x) for x in np.argwhere((actions < 0) | (actions >= self._sizes))[0])
-        return EnvStepError(f"action {int(actions[k, i])} of agent '{self.spec.agents[i]}' in env copy {k} is outside its "
-                            f"{self._sizes[i]} actions (0..{self._sizes[i] - 1})",
-                            "fix the policy that chose it (e.g. a --policies or --opponents module:factory); the last checkpoint is kept")
+    def _check_range(self, actions: np.ndarray) -> None:
+        """Refuse an action outside its agent's range where the agent acts (the others' are not read)."""
+        acting = (self._buf if self.workers else self._local.buf)["acting"]
+        bad = np.argwhere(((actions < 0) | (actions >= self._sizes)) & acting)
+        if len(bad):
+            k, i = (int(x) for x in bad[0])
+            raise EnvStepError(f"action {int(actions[k, i])} of agent '{self.spec.agents[i]}' in env copy {k} is outside its "
+                               f"{self._sizes[i]} actions (0..{self._sizes[i] - 1})",
+                               "fix the policy that chose it (e.g. a --policies or --opponents module:factory); the last checkpoint is kept")
 
     def render(self, k: int = 0):
         """Frame of env k (in-process envs only; the env must be built with a render_mode)."""
