@@ -127,7 +127,7 @@ def without_checks(env: AECEnv) -> AECEnv:
     """`env` past its outer OrderEnforcing and AssertOutOfBounds wrappers (PettingZoo's
     classic games: module.env() = OrderEnforcing(AssertOutOfBounds(TerminateIllegal(raw_env)))).
     They only check the caller: TurnBasedParallel resets before stepping and VecEnv checks
-    that every action lies in its agent's range. The wrappers that change the game (an illegal
+    that the acting agents' actions lie in their ranges. The wrappers that change the game (an illegal
     move ends it with a penalty) stay. Same observations, rewards and flags (tests/test_envs.py);
     a move costs ~15 % less on connect four."""
     from pettingzoo.utils.wrappers import AssertOutOfBoundsWrapper, OrderEnforcingWrapper
