@@ -418,8 +418,10 @@ class VecEnv:
 
     def step(self, actions: np.ndarray) -> tuple[dict[str, np.ndarray], list[EpisodeStats]]:
         """Step every env with actions [E,N] (discrete) or [E,N,A] (continuous)."""
-        if self.spec.discrete and not ((actions >= 0) & (actions < self._sizes)).all():
-            self._check_range(actions)
+        if self.spec.discrete:
+            outside = (actions < 0) | (actions >= self._sizes)
+            if outside.any():
+                self._refuse(actions, outside)
         if self.workers == 0:
             return self._local.step(actions)
         self._actions[...] = actions
@@ -430,10 +432,9 @@ class VecEnv:
                 episodes.append(ep)
         return self._buf, episodes
 
-    def _check_range(self, actions: np.ndarray) -> None:
-        """Refuse an action outside its agent's range where the agent acts (the others' are not read)."""
-        acting = (self._buf if self.workers else self._local.buf)["acting"]
-        bad = np.argwhere(((actions < 0) | (actions >= self._sizes)) & acting)
+    def _refuse(self, actions: np.ndarray, outside: np.ndarray) -> None:
+        """Refuse the actions `outside` their agents' ranges where the agent acts (the others' are not read)."""
+        bad = np.argwhere(outside & (self._buf if self.workers else self._local.buf)["acting"])
         if len(bad):
             k, i = (int(x) for x in bad[0])
             raise EnvStepError(f"action {int(actions[k, i])} of agent '{self.spec.agents[i]}' in env copy {k} is outside its "
