@@ -48,7 +48,7 @@ DQN = {**ONE_AGENT, "mixer": "none", "replay": "transitions", "returns": "nstep"
 per 4 env steps (train_freq 4), the target network copied every 10k env steps (2500 gradient steps),
 lr 1e-4, one-step targets, no double Q (--double-q true), 64-64 ReLU, max_grad_norm 10, epsilon
 1 -> 0.05 over 10% of training (20k of TrainConfig's 200k steps). The TD loss is the squared error of
-the value learners; SB3's is Huber's (smooth L1)."""
+the value learners; SB3's is Huber's (smooth L1): --td-loss huber."""
 
 OFF_POLICY = {**ONE_AGENT, "critic": "local", "updates_per_step": 1.0, "batch_size": 256, "buffer_size": 1_000_000,
               "learning_starts": 100, "random_steps": 100, "tau": 0.005, "gamma": 0.99}

@@ -91,6 +91,13 @@ def test_additive_matrix_game_is_solved_by_idqn_and_vdn(tmp_path, algo):
     assert out["eval/return_mean"] == 10.0, out
 
 
+def test_dqn_with_the_huber_loss_solves_the_additive_matrix_game(tmp_path):
+    """--td-loss huber (SB3's DQN loss) reaches the same greedy joint action (1, 2), paying 5 to each agent."""
+    out = _run(tmp_path, algo="idqn", env="builtin/matrix_additive", steps=1600, eval_interval=1600, seed=0,
+               algo_kw={**MATRIX_Q, "td_loss": "huber"})
+    assert out["eval/return_mean"] == 10.0, out
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_qtran_finds_the_optimum_of_the_non_monotonic_game(tmp_path, seed):
     """QTRAN paper's game: greedy joint action (0, 0) pays 8 to each agent (400 gradient steps).

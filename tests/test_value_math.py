@@ -6,7 +6,7 @@ import io
 import pytest
 import torch
 
-from marl.algos.mixers import MIXERS, Mixer, QMixer, VDNMixer
+from marl.algos.mixers import MIXERS, Mixer, QMixer, VDNMixer, td_loss
 from marl.algos.qtran import QTranJoint, QTranV, qtran_losses
 from marl.algos.replay import EpisodeBuilder, EpisodeReplay
 from marl.algos.targets import nstep_targets, td_lambda_targets
@@ -257,6 +257,22 @@ def test_qtran_losses_hand_example():
     assert [round(float(masked[k].detach()), 6) for k in ("td", "opt", "nopt")] == [1.0, 2.25, 0.25]
     with pytest.raises(MarlError):
         qtran_losses(**{**args, "v_jt": torch.zeros(3)}, filled=torch.ones(2))
+
+
+def test_td_loss_hand_values_and_clipped_gradient():
+    error = torch.tensor([-3.0, -1.0, -0.5, 0.0, 0.5, 2.0], requires_grad=True)
+    assert td_loss(error).tolist() == [9.0, 1.0, 0.25, 0.0, 0.25, 4.0]
+    huber = td_loss(error, "huber")
+    assert huber.tolist() == [2.5, 0.5, 0.125, 0.0, 0.125, 1.5]  # e^2/2 inside [-1, 1], |e| - 1/2 outside
+    (grad,) = torch.autograd.grad(huber.sum(), error)
+    assert grad.tolist() == [-1.0, -1.0, -0.5, 0.0, 0.5, 1.0]  # the error clipped to [-1, 1]
+    # QTRAN's TD term takes it; its constraint terms stay squared
+    args = dict(q_jt=torch.tensor([1.0, 5.0]), q_jt_target=torch.tensor([2.0, 2.0]), q_tilde_opt=torch.zeros(2),
+                q_jt_opt_detached=torch.zeros(2), v_jt=torch.ones(2), q_tilde_taken=torch.zeros(2),
+                q_jt_taken_detached=torch.zeros(2), filled=torch.ones(2))
+    squared, clipped = qtran_losses(**args), qtran_losses(**args, loss_kind="huber")
+    assert (float(squared["td"]), float(clipped["td"])) == ((1.0 + 9.0) / 2, (0.5 + 2.5) / 2)
+    assert float(squared["opt"]) == float(clipped["opt"]) == 1.0
 
 
 def test_qtran_networks_shapes_and_agent_permutation():

@@ -118,16 +118,26 @@ class Mixer(nn.Module):
     @classmethod
     def value_head(cls, cfg: Any, spec: EnvSpec, feat_dim: int) -> "MixerHead":
         """`MixerKind`: TD on the mixed utilities."""
-        return MixerHead(cls.from_config(cfg, spec))
+        return MixerHead(cls.from_config(cfg, spec), cfg.td_loss)
+
+
+def td_loss(error: Tensor, kind: str = "squared") -> Tensor:
+    """Elementwise loss of TD errors: 'squared' (error²) or 'huber' (error²/2 inside [-1, 1],
+    |error| - 1/2 outside: the gradient is the error clipped to [-1, 1], Mnih et al. 2015's error
+    clipping and Stable-Baselines3's DQN loss, torch's smooth_l1_loss)."""
+    if kind == "huber":
+        return F.smooth_l1_loss(error, torch.zeros_like(error), reduction="none")
+    return error ** 2
 
 
 class MixerHead(nn.Module):
     """Utilities -> TD loss through a mixer: per agent (independent) or on Q_tot."""
 
-    def __init__(self, mixer: Mixer):
+    def __init__(self, mixer: Mixer, loss_kind: str = "squared"):
         super().__init__()
         self.mixer = mixer
         self.per_agent = mixer.per_agent
+        self.loss_kind = loss_kind
 
     def loss(self, target: "MixerHead", c: dict[str, Tensor], targets_fn: TargetsFn) -> dict[str, Tensor]:
         acting = c["acting"].to(c["q_taken"].dtype)
@@ -137,7 +147,7 @@ class MixerHead(nn.Module):
         with torch.no_grad():
             y = targets_fn(c, target.mixer(c["next_q"], c["state"][:, 1:] if needs else None))
         mask = c["filled"] * acting if self.per_agent else c["filled"]
-        td = masked_mean((q - y) ** 2, mask)
+        td = masked_mean(td_loss(q - y, self.loss_kind), mask)
         return {"loss": td, "td": td, "q": q, "target": y, "mask": mask}
 
 

@@ -111,6 +111,8 @@ class QConfig:
     """Standardise rewards by running mean and std before computing targets (EPyMARL's standardise_rewards; centring changes the task where episodes terminate)."""
     max_grad_norm: float = 10.0
     """Gradient norm clip (0 = off)."""
+    td_loss: Literal["squared", "huber"] = "squared"
+    """Loss of the TD error: 'squared' or 'huber' (its gradient clipped to [-1, 1]: Nature DQN's error clipping, SB3's DQN loss); QTRAN applies it to its TD term."""
     allow_state_fallback: bool = True
     """QMIX/QTRAN on an env without env.state(): use the concatenated observations as the state (false: refuse)."""
     replay_device: str = ""

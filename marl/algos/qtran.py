@@ -27,7 +27,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from marl.algos.mixers import MIXERS, TargetsFn
+from marl.algos.mixers import MIXERS, TargetsFn, td_loss
 from marl.algos.returns import masked_mean
 from marl.core.errors import MarlError
 
@@ -85,7 +85,7 @@ class QTranV(nn.Module):
 
 def qtran_losses(q_jt: Tensor, q_jt_target: Tensor, q_tilde_opt: Tensor, q_jt_opt_detached: Tensor, v_jt: Tensor,
                  q_tilde_taken: Tensor, q_jt_taken_detached: Tensor, filled: Tensor,
-                 lambda_opt: float = 1.0, lambda_nopt: float = 1.0) -> dict[str, Tensor]:
+                 lambda_opt: float = 1.0, lambda_nopt: float = 1.0, loss_kind: str = "squared") -> dict[str, Tensor]:
     """QTRAN-base losses, each a mean over the filled entries (all tensors [B, T] or [B]).
 
     q_jt: Q_jt(s, u) at the taken joint action; q_jt_target: its TD target y;
@@ -93,13 +93,14 @@ def qtran_losses(q_jt: Tensor, q_jt_target: Tensor, q_tilde_opt: Tensor, q_jt_op
     v_jt: V_jt(s); q_tilde_taken: Q'_jt(s, u) = sum_i Q_i(u_i) at the taken action;
     q_jt_taken_detached: Q_jt(s, u). The target and both "detached" inputs are detached
     here as well, so gradients follow the paper whatever the caller passes.
+    td is `td_loss(q_jt - y, loss_kind)` (squared or Huber), the constraints are squared.
     Returns {"td", "opt", "nopt", "loss"} with loss = td + lambda_opt opt + lambda_nopt nopt.
     """
     shapes = {tuple(t.shape) for t in (q_jt, q_jt_target, q_tilde_opt, q_jt_opt_detached, v_jt, q_tilde_taken,
                                          q_jt_taken_detached, filled)}
     if len(shapes) != 1:
         raise MarlError(f"qtran_losses got inputs of different shapes {sorted(shapes)}", "pass all inputs as [B, T] (or all as [B])")
-    td = masked_mean((q_jt - q_jt_target.detach()) ** 2, filled)
+    td = masked_mean(td_loss(q_jt - q_jt_target.detach(), loss_kind), filled)
     opt = masked_mean((q_tilde_opt - q_jt_opt_detached.detach() + v_jt) ** 2, filled)
     nopt_err = q_tilde_taken - q_jt_taken_detached.detach() + v_jt
     nopt = masked_mean(torch.clamp(nopt_err, max=0.0) ** 2, filled)
@@ -119,7 +120,7 @@ class QTranHead(nn.Module):
     def __init__(self, cfg, spec, feat_dim: int):
         super().__init__()
         self.n_actions = spec.n_actions
-        self.lambda_opt, self.lambda_nopt = cfg.lambda_opt, cfg.lambda_nopt
+        self.lambda_opt, self.lambda_nopt, self.loss_kind = cfg.lambda_opt, cfg.lambda_nopt, cfg.td_loss
         self.joint = QTranJoint(spec.n_agents, spec.state_dim, feat_dim, spec.n_actions, embed_dim=cfg.qtran_embed,
                                 encode_dim=cfg.qtran_embed)
         self.v = QTranV(spec.state_dim, embed_dim=cfg.qtran_embed)
@@ -142,7 +143,7 @@ class QTranHead(nn.Module):
             q_tilde_opt=(c["q_greedy"] * acting).sum(-1), q_jt_opt_detached=q_jt_opt.detach(),
             v_jt=self.v(state),
             q_tilde_taken=(c["q_taken"] * acting).sum(-1), q_jt_taken_detached=q_jt.detach(),
-            filled=c["filled"], lambda_opt=self.lambda_opt, lambda_nopt=self.lambda_nopt,
+            filled=c["filled"], lambda_opt=self.lambda_opt, lambda_nopt=self.lambda_nopt, loss_kind=self.loss_kind,
         )
         return {"loss": parts["loss"], "td": parts["td"], "opt": parts["opt"], "nopt": parts["nopt"],
                 "q": q_jt, "target": y, "mask": c["filled"]}
