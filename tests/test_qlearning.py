@@ -10,10 +10,11 @@ import torch
 
 from marl import envs
 from marl.algos import ALGOS
-from marl.algos.mixers import MIXERS, Mixer
+from marl.algos.mixers import MIXERS, Mixer, td_loss
 from marl.algos.qlearning import QLearner, epsilon_at
 from marl.algos.targets import greedy_next_values
 from marl.algos.replay import EpisodeReplay
+from marl.algos.returns import masked_mean
 from marl.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from marl.cli import main
 from marl.config import TrainConfig
@@ -261,6 +262,21 @@ def test_termination_does_not_bootstrap():
     assert sample["terminated"][:, 2].all() and not sample["truncated"].any()
     r = sample["reward"][:, :3, 0]
     torch.testing.assert_close(y, r + 0.5 * 4.0 * torch.tensor([1.0, 1.0, 0.0]))
+
+
+@pytest.mark.parametrize("algo", ["idqn", "vdn", "qmix", "qtran"])
+def test_every_value_head_takes_the_huber_loss_when_asked(algo):
+    """--td-loss reaches every head: with TD errors beyond 1 (online utilities [0, 5, 0] against
+    target ones [1, 2, 3]) the head's TD term is the masked mean of Huber's loss, not the squared one."""
+    vec, learner = _learner(algo, "builtin/matrix_additive", {"episode_len": 3}, td_loss="huber")
+    _constant_q(learner.net, [0.0, 5.0, 0.0])
+    _constant_q(learner.target_net, [1.0, 2.0, 3.0])
+    sample, _ = _targets(vec, learner, 3)
+    out = learner.head.loss(learner.target_head, learner._context(sample), learner._targets)
+    error = out["q"] - out["target"]
+    assert (error.abs() > 1).any()
+    torch.testing.assert_close(out["td"], masked_mean(td_loss(error, "huber"), out["mask"]))
+    assert float(out["td"]) < float(masked_mean(error ** 2, out["mask"]))
 
 
 @pytest.mark.parametrize("algo, env, env_kwargs, kw", [
