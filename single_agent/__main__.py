@@ -4,7 +4,8 @@
     python -m marl.single_agent sarsa CliffWalking-v1 --env-kwargs max_episode_steps=100
 
 ENV is a gymnasium id (the `gym/` prefix is added when missing); ALGO a single-agent name
-(ppo, a2c, reinforce, dqn, or a tabular method). Other flags are those of `marl train`.
+(ppo, a2c, reinforce, dqn, ddpg, td3, sac, or a tabular method: q_learning, sarsa,
+expected_sarsa, dyna_q). Other flags are those of `marl train`.
 """
 from __future__ import annotations
 
