@@ -266,6 +266,8 @@ def test_td_loss_hand_values_and_clipped_gradient():
     assert huber.tolist() == [2.5, 0.5, 0.125, 0.0, 0.125, 1.5]  # e^2/2 inside [-1, 1], |e| - 1/2 outside
     (grad,) = torch.autograd.grad(huber.sum(), error)
     assert grad.tolist() == [-1.0, -1.0, -0.5, 0.0, 0.5, 1.0]  # the error clipped to [-1, 1]
+    with pytest.raises(ValueError, match="squared"):
+        td_loss(error, "absolute")  # a misspelt kind is not silently the squared error
     # QTRAN's TD term takes it; its constraint terms stay squared
     args = dict(q_jt=torch.tensor([1.0, 5.0]), q_jt_target=torch.tensor([2.0, 2.0]), q_tilde_opt=torch.zeros(2),
                 q_jt_opt_detached=torch.zeros(2), v_jt=torch.ones(2), q_tilde_taken=torch.zeros(2),

@@ -125,9 +125,11 @@ def td_loss(error: Tensor, kind: str = "squared") -> Tensor:
     """Elementwise loss of TD errors: 'squared' (error²) or 'huber' (error²/2 inside [-1, 1],
     |error| - 1/2 outside: the gradient is the error clipped to [-1, 1], Mnih et al. 2015's error
     clipping and Stable-Baselines3's DQN loss, torch's smooth_l1_loss)."""
+    if kind == "squared":
+        return error ** 2
     if kind == "huber":
         return F.smooth_l1_loss(error, torch.zeros_like(error), reduction="none")
-    return error ** 2
+    raise ValueError(f"unknown TD loss '{kind}': use 'squared' or 'huber'")
 
 
 class MixerHead(nn.Module):
