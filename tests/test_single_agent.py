@@ -73,6 +73,30 @@ def test_the_one_agent_learner_is_the_multi_agent_learner_with_sharing_none(sing
     assert any(not torch.equal(before[k], a[k]) for k in a)  # the update changed something
 
 
+@pytest.mark.parametrize("single", ["ddpg", "td3", "sac"])
+def test_off_policy_presets_take_a_gradient_step_after_every_env_step(single):
+    """SB3's off-policy schedule (train_freq 1, gradient_steps 1): the preset collects one vector
+    step of the E envs per update call, and the call takes its E gradient steps, none before
+    learning_starts transitions are in the replay."""
+    entry = ALGOS.get(single)
+    cfg = entry.make_config()
+    assert (cfg.rollout_len, cfg.updates_per_step, cfg.learning_starts) == (1, 1.0, 100)
+    cfg = dataclasses.replace(cfg, batch_size=8, learning_starts=12, hidden=(16, 16))
+    vec = VecEnv(envs.make_factory("gym/Pendulum-v1"), 4, seed=3, workers=0)
+    try:
+        learner = _seeded(entry.learner, cfg, vec.spec)
+        collector = Collector(vec, learner, torch.device("cpu"))
+        steps = []
+        for _ in range(5):
+            batch, _ = collector.collect(cfg.rollout_len)
+            assert batch["done"].shape == (1, 4)
+            learner.update(batch)
+            steps.append(learner.grad_steps)
+    finally:
+        vec.close()
+    assert steps == [0, 0, 4, 8, 12]  # 12 transitions after the third vector step
+
+
 # ----------------------------------------------------------------------------- entries
 def test_marl_train_runs_ppo_on_cartpole(tmp_path, capsys):
     assert main(["train", "--algo", "ppo", "--env", "gym/CartPole-v1", "--steps", "2048", "--eval-episodes", "2",
