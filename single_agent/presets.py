@@ -90,7 +90,8 @@ gamma 0.98, lr linear from 1e-3 (the zoo's clip-range anneal has no value here).
 batch 64, buffer 1e5, learning_starts 1000, train_freq 256 with gradient_steps 128 (8 envs x 32 steps a
 collect, a gradient step per 2 env steps), the target copied once per burst of 128 gradient steps (its
 target_update_interval of 10 env steps lands once between bursts), epsilon to 0.04 over 16% of 1e5 steps.
-DDPG/TD3: gamma 0.98, buffer 2e5, 10k random steps first, Gaussian noise 0.1. SAC: lr 1e-3."""
+DDPG/TD3: gamma 0.98, buffer 2e5, 10k random steps first, Gaussian noise 0.1, a gradient step after
+every env step (train_freq 1, gradient_steps 1, as the presets). SAC: lr 1e-3."""
 
 
 def zoo(algo: str, env_id: str) -> tuple[int, dict]:
