@@ -51,11 +51,12 @@ lr 1e-4, one-step targets, no double Q (--double-q true), 64-64 ReLU, max_grad_n
 the value learners; SB3's is Huber's (smooth L1): --td-loss huber."""
 
 OFF_POLICY = {**ONE_AGENT, "critic": "local", "rollout_len": 1, "updates_per_step": 1.0, "batch_size": 256,
-              "buffer_size": 1_000_000, "learning_starts": 100, "random_steps": 100, "tau": 0.005, "gamma": 0.99}
+              "buffer_size": 1_000_000, "learning_starts": 100, "random_steps": 100, "tau": 0.005, "gamma": 0.99,
+              "max_grad_norm": 0.0}
 """SB3's off-policy defaults (DDPG, TD3, SAC): a gradient step per env step, taken after every
 step (train_freq 1, gradient_steps 1: rollout_len 1), batch 256, replay 1e6, the first 100 steps
-uniformly random (learning_starts 100), tau 0.005, gamma 0.99; critics of the agent's own
-observation and action. SB3 steps one env; the run's E envs take a vector step's E gradient
+uniformly random (learning_starts 100), tau 0.005, gamma 0.99, gradients not clipped
+(max_grad_norm 0); critics of the agent's own observation and action. SB3 steps one env; the run's E envs take a vector step's E gradient
 steps together, so `--num-envs 1` is SB3's schedule exactly."""
 
 DDPG = {**OFF_POLICY, "actor_lr": 1e-3, "critic_lr": 1e-3, "hidden": (400, 300), "twin_critics": False, "target_noise": 0.0,

@@ -77,10 +77,10 @@ def test_the_one_agent_learner_is_the_multi_agent_learner_with_sharing_none(sing
 def test_off_policy_presets_take_a_gradient_step_after_every_env_step(single):
     """SB3's off-policy schedule (train_freq 1, gradient_steps 1): the preset collects one vector
     step of the E envs per update call, and the call takes its E gradient steps, none before
-    learning_starts transitions are in the replay."""
+    learning_starts transitions are in the replay. Like SB3 it clips no gradients."""
     entry = ALGOS.get(single)
     cfg = entry.make_config()
-    assert (cfg.rollout_len, cfg.updates_per_step, cfg.learning_starts) == (1, 1.0, 100)
+    assert (cfg.rollout_len, cfg.updates_per_step, cfg.learning_starts, cfg.max_grad_norm) == (1, 1.0, 100, 0.0)  # SB3 clips none
     cfg = dataclasses.replace(cfg, batch_size=8, learning_starts=12, hidden=(16, 16))
     vec = VecEnv(envs.make_factory("gym/Pendulum-v1"), 4, seed=3, workers=0)
     try:
